@@ -1,0 +1,167 @@
+"""The baseline in the formats runtimes and quantizers read.
+
+``gguf``: an F16 GGUF (every quantized tensor dequantized, 1-D tensors kept
+F32, all metadata and the tokenizer copied) written with the ``gguf`` package.
+``hf``: a BF16 safetensors checkpoint. transformers 5 loads a GGUF but refuses
+to ``save_pretrained`` it, so the model class is rebuilt from its config and
+the state dict loaded into it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.config import EMBEDDED_MODEL
+from harness.errors import PlanError
+from harness.store import MANIFEST, Store, atomic_dir, dir_size
+
+F16_NAME = "model-F16.gguf"
+HF_NAME = "hf-bf16"
+# GGUF file types that already are an unquantized baseline
+_FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
+
+
+def source_file(model: str) -> Path:
+    """The file or folder a baseline ``model`` string names (fetching the embedded one)."""
+    if model == EMBEDDED_MODEL:
+        from harness.data import fetch_asset
+
+        return fetch_asset("smollm2-135m")
+    if model.startswith("embedded:"):
+        raise PlanError(f"baseline.model: unknown embedded model {model!r}; allowed: {EMBEDDED_MODEL}")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise PlanError(f"baseline.model: {model!r} is neither {EMBEDDED_MODEL!r} nor an existing file or folder")
+    return path
+
+
+def source_key(model: str, path: Path) -> str:
+    from harness.data import WHEEL_ASSETS, sha256_file
+
+    if model == EMBEDDED_MODEL:
+        return WHEEL_ASSETS["smollm2-135m"].file_sha256[:24]
+    if path.is_file():
+        return sha256_file(path)[:24]
+    # an HF folder: hash its weights and config
+    from harness.store import content_key
+
+    parts = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.suffix in (".json", ".safetensors")}
+    return content_key(parts)
+
+
+def gguf_file_type(path: Path) -> int | None:
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("general.file_type")
+    return int(field.contents()) if field is not None else None
+
+
+def write_f16_gguf(src: Path, dst: Path) -> dict[str, Any]:
+    """Dequantize every tensor of ``src`` into an F16 GGUF at ``dst``."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    source_types: dict[str, int] = {}
+    for t in reader.tensors:
+        source_types[t.tensor_type.name] = source_types.get(t.tensor_type.name, 0) + 1
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        # norms and other 1-D tensors stay F32, as llama.cpp's converter writes them
+        data = data.astype(np.float32 if data.ndim == 1 else np.float16)
+        writer.add_tensor(t.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"source_tensor_types": source_types, "tensors": len(reader.tensors)}
+
+
+def write_hf_bf16(src_gguf: Path, dst: Path) -> dict[str, Any]:
+    """A BF16 safetensors checkpoint (model + tokenizer) from a GGUF through transformers."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = src_gguf.parent, src_gguf.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the gguf "quantization" is only how it was read
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    state = {k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"state dict mismatch: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    # Special tokens must agree with the GGUF (transformers' conversion has written
+    # eos=<|im_start|> for this model in some versions).
+    fields = gguf.GGUFReader(src_gguf).fields
+    eos_id = int(fields["tokenizer.ggml.eos_token_id"].contents())
+    eos_tok = tokenizer.convert_ids_to_tokens(eos_id)
+    tokenizer.eos_token = eos_tok
+    model.config.eos_token_id = eos_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = eos_id
+    model.save_pretrained(dst, safe_serialization=True)
+    tokenizer.save_pretrained(dst)
+    return {"eos_token": eos_tok, "eos_token_id": eos_id, "dtype": "bfloat16"}
+
+
+def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
+    """Path of the baseline in format ``fmt`` ("gguf" or "hf"), built once into the store."""
+    store = store or Store()
+    src = source_file(model)
+    key = source_key(model, src)
+    if fmt == "gguf":
+        if src.is_file() and gguf_file_type(src) in _FLOAT_FILE_TYPES:
+            return src  # already unquantized
+        if not src.is_file():
+            raise PlanError(f"baseline.model: {src} is an HF folder; a GGUF baseline from it is not supported yet")
+        folder = store.folder("baselines", f"{key}-f16")
+        if store.manifest("baselines", f"{key}-f16") is None:
+            log(f"deriving F16 GGUF baseline from {src.name}")
+            t0 = time.perf_counter()
+            with atomic_dir(folder) as tmp:
+                info = write_f16_gguf(src, tmp / F16_NAME)
+                _write_manifest(tmp, src, key, "gguf-f16", F16_NAME, t0, info)
+        return folder / F16_NAME
+    if fmt == "hf":
+        if src.is_dir():
+            return src
+        folder = store.folder("baselines", f"{key}-hf-bf16")
+        if store.manifest("baselines", f"{key}-hf-bf16") is None:
+            log(f"deriving BF16 safetensors baseline from {src.name}")
+            t0 = time.perf_counter()
+            with atomic_dir(folder) as tmp:
+                info = write_hf_bf16(src, tmp / HF_NAME)
+                _write_manifest(tmp, src, key, "hf-bf16", HF_NAME, t0, info)
+        return folder / HF_NAME
+    raise ValueError(f"unknown baseline format {fmt!r}")
+
+
+def _write_manifest(folder: Path, src: Path, key: str, kind: str, entry: str, t0: float, info: dict) -> None:
+    from harness.registry import package_version
+
+    manifest = {
+        "kind": kind,
+        "entry": entry,
+        "source": str(src),
+        "source_key": key,
+        "size_bytes": dir_size(folder / entry),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "versions": {p: package_version(p) for p in ("gguf", "transformers", "torch")},
+        **info,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))

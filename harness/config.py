@@ -1,0 +1,313 @@
+"""The plan schema (pydantic v2) and its loader.
+
+A plan is read in two passes: the structure (this module's models, unknown keys
+rejected), then the names it uses (quantizer methods, runtimes, suites, probes,
+gate metrics) against the adapter registries, each adapter validating its own
+``params``. Every problem becomes a ``PlanError`` whose message names the file,
+the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.errors import PlanError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+EMBEDDED_MODEL = "embedded:smollm2-135m"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- plan parts
+class Calibration(Strict):
+    """Calibration data a quantizer sees; part of the artifact's cache key."""
+
+    source: str = Field(description="local text/JSONL file, 'wikitext2', or a hub dataset id")
+    samples: int = Field(128, gt=0)
+    seq_len: int = Field(512, gt=0)
+    seed: int = 0
+
+
+class QuantizerSpec(Strict):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None
+
+
+class RuntimeSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BaselineSpec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "baseline"
+    model: str = Field(
+        EMBEDDED_MODEL,
+        description="'embedded:smollm2-135m', a local .gguf file or HF checkpoint folder",
+    )
+    runtime: RuntimeSpec
+
+
+class CandidateSpec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    quantizer: QuantizerSpec
+    runtime: RuntimeSpec
+
+
+class SuiteSpec(Strict):
+    suite: str
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.name or self.suite
+
+
+# ------------------------------------------------------------------- gates
+class _Gate(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    metric: str
+
+
+class MaxIncreasePctGate(_Gate):
+    """Candidate may exceed the baseline by at most ``max_pct`` percent (lower is better)."""
+
+    kind: Literal["max_increase_pct"]
+    max_pct: float = Field(ge=0)
+
+
+class MaxDropPctGate(_Gate):
+    """Candidate may fall below the baseline by at most ``max_pct`` percent (higher is better)."""
+
+    kind: Literal["max_drop_pct"]
+    max_pct: float = Field(ge=0)
+
+
+class MaxValueGate(_Gate):
+    """An absolute ceiling, e.g. size on disk or peak RAM in GiB."""
+
+    kind: Literal["max_value"]
+    max: float = Field(gt=0)
+
+
+class MinValueGate(_Gate):
+    """An absolute floor, e.g. accuracy >= 0.6 or decode tokens/s >= 20."""
+
+    kind: Literal["min_value"]
+    min: float
+
+
+GateSpec = Annotated[
+    Union[MaxIncreasePctGate, MaxDropPctGate, MaxValueGate, MinValueGate],
+    Field(discriminator="kind"),
+]
+GATE_KINDS = ["max_increase_pct", "max_drop_pct", "max_value", "min_value"]
+
+
+class GatePolicy(Strict):
+    name: str = "inline"
+    description: str = ""
+    #: whether an INCONCLUSIVE gate fails the run (exit 1) or is only reported
+    inconclusive_blocks: bool = True
+    gates: list[GateSpec]
+
+
+class TrackingSpec(Strict):
+    enabled: bool = True
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else sqlite in the run folder"
+    )
+    experiment: str = "quantgate"
+
+
+class Plan(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    baseline: BaselineSpec
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    suites: list[SuiteSpec] = Field(min_length=1)
+    probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    gates: Union[str, list[GateSpec], GatePolicy] = Field(
+        description="a policy file (gates/NAME.yaml), an inline list of gates, or an inline policy"
+    )
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    # Filled by load_plan, not read from YAML.
+    source_path: str | None = Field(None, exclude=True)
+
+    def policy(self) -> GatePolicy:
+        if isinstance(self.gates, GatePolicy):
+            return self.gates
+        if isinstance(self.gates, list):
+            return GatePolicy(gates=self.gates)
+        raise RuntimeError("load_plan resolves policy files")  # pragma: no cover
+
+
+# --------------------------------------------------------- error formatting
+def format_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The BaseModel / container types hiding in an annotation."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        out = []
+        for a in typing.get_args(tp):
+            out += _unwrap(a)
+        return out
+    return [tp]
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """Walk ``loc`` through the schema to the model class that holds the last key."""
+    current: list[Any] = [model]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in current:
+            origin = typing.get_origin(tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                if isinstance(part, str) and part in tp.model_fields:
+                    nxt += _unwrap(tp.model_fields[part].annotation)
+                elif isinstance(part, str):
+                    # a discriminated union tag ("max_value") names the member model
+                    pass
+            elif origin in (list, dict) and not isinstance(part, str) or origin is list:
+                nxt += _unwrap(typing.get_args(tp)[-1])
+            elif origin is dict:
+                nxt += _unwrap(typing.get_args(tp)[-1])
+        if not nxt:
+            # discriminated unions put the tag in loc: pick the member whose kind matches
+            for tp in current:
+                for member in _unwrap(tp):
+                    if isinstance(member, type) and issubclass(member, BaseModel):
+                        kind = member.model_fields.get("kind")
+                        if kind is not None and part in typing.get_args(kind.annotation):
+                            nxt.append(member)
+        current = nxt
+    for tp in current:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return tp
+    return None
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _visible_loc(loc: tuple, model: type[BaseModel]) -> tuple:
+    """Drop pydantic's union-member tags (e.g. 'list[...]', 'max_value') from a loc."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in GATE_KINDS or part in ("str", "GatePolicy")):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def validation_messages(err: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    """One human line per pydantic error: path, problem, bad value, allowed values."""
+    lines = []
+    for e in err.errors():
+        raw_loc = tuple(e["loc"])
+        loc = prefix + _visible_loc(raw_loc, model)
+        path = format_path(loc)
+        etype = e["type"]
+        if etype == "extra_forbidden":
+            owner = _model_at(model, raw_loc[:-1])
+            allowed = _allowed_keys(owner) if owner else "see the schema"
+            lines.append(f"{path}: unknown key {raw_loc[-1]!r}; allowed keys: {allowed}")
+        elif etype == "missing":
+            lines.append(f"{path}: required key is missing")
+        elif etype == "union_tag_invalid":
+            lines.append(
+                f"{path}.kind: unknown gate kind {e['input'].get('kind')!r}; allowed: {', '.join(GATE_KINDS)}"
+                if isinstance(e.get("input"), dict)
+                else f"{path}: {e['msg']}"
+            )
+        elif etype == "union_tag_not_found":
+            lines.append(f"{path}.kind: required key is missing; allowed: {', '.join(GATE_KINDS)}")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    # pydantic reports every branch of a union; keep the distinct lines
+    return list(dict.fromkeys(lines))
+
+
+# ------------------------------------------------------------------ loading
+def _read_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise PlanError(f"{path}: {what} file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PlanError(f"{path}{where}: not valid YAML: {problem}") from None
+
+
+def _policy_path(ref: str, plan_path: Path) -> Path:
+    """A policy reference: relative to the plan, then to the project's gates/ folder."""
+    cand = Path(ref)
+    if cand.is_absolute():
+        return cand
+    for base in (plan_path.parent, Path.cwd(), plan_path.parent.parent):
+        for p in (base / ref, base / "gates" / ref, base / "gates" / f"{ref}.yaml"):
+            if p.is_file():
+                return p
+    return plan_path.parent / ref
+
+
+def load_policy(path: Path) -> GatePolicy:
+    data = _read_yaml(path, "gate policy")
+    if isinstance(data, list):
+        data = {"gates": data}
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: <root>: expected a mapping with 'gates', got {type(data).__name__}")
+    try:
+        return GatePolicy.model_validate(data)
+    except ValidationError as err:
+        raise PlanError("\n".join(f"{path}: {m}" for m in validation_messages(err, GatePolicy))) from None
+
+
+def load_plan(path: str | Path, check_names: bool = True) -> Plan:
+    """Read and validate a plan file; raise PlanError with one line per problem."""
+    path = Path(path)
+    data = _read_yaml(path, "plan")
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as err:
+        raise PlanError("\n".join(f"{path}: {m}" for m in validation_messages(err, Plan))) from None
+    plan.source_path = str(path)
+    if isinstance(plan.gates, str):
+        policy_file = _policy_path(plan.gates, path)
+        if not policy_file.is_file():
+            raise PlanError(f"{path}: gates: policy file {plan.gates!r} not found (looked next to the plan and in gates/)")
+        plan.gates = load_policy(policy_file)
+        plan.gates.name = plan.gates.name if plan.gates.name != "inline" else policy_file.stem
+    if check_names:
+        from harness.validate import check_plan
+
+        problems = check_plan(plan)
+        if problems:
+            raise PlanError("\n".join(f"{path}: {p}" for p in problems))
+    return plan

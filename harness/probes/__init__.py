@@ -1,0 +1,55 @@
+"""Probe adapters: one file each, registered by name below.
+
+Probes that need a loaded model run in a process of their own (spawned for the
+purpose), apart from evaluation, so that memory figures belong to one
+candidate and timings are not disturbed by scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from harness.registry import Registry
+
+REGISTRY = Registry(
+    "probes",
+    {
+        "size": "harness.probes.size:SizeProbe",
+        "load": "harness.probes.load:LoadProbe",
+        "decode": "harness.probes.decode:DecodeProbe",
+        "memory": "harness.probes.memory:MemoryProbe",
+    },
+)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ProbeContext:
+    artifact_path: Path
+    session: Any = None
+    load_seconds: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Probe:
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    metrics: ClassVar[dict[str, str]] = {}
+    #: needs a loaded session (runs in the probe process)
+    needs_session: ClassVar[bool] = True
+    #: probes run in ascending order; memory reads the peak last
+    order: ClassVar[int] = 50
+
+    def context_length(self, params: BaseModel) -> int:
+        """Tokens the session must hold for this probe."""
+        return 0
+
+    def measure(self, ctx: ProbeContext, params: BaseModel) -> dict[str, float]:
+        raise NotImplementedError

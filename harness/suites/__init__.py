@@ -1,0 +1,54 @@
+"""Suite adapters: one file each, registered by name below.
+
+A suite turns a dataset into items (fixed once, from the baseline's tokenizer,
+so every candidate sees identical items), scores items on a session, and
+aggregates per-item records into metrics with standard errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from harness.registry import Registry
+
+REGISTRY = Registry(
+    "suites",
+    {
+        "perplexity": "harness.suites.perplexity:PerplexitySuite",
+    },
+)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Suite:
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: bump when items or scoring change: it enters every result's cache key
+    version: ClassVar[str] = "1"
+    #: metric name -> "lower" or "higher" (which direction is better)
+    metrics: ClassVar[dict[str, str]] = {}
+
+    def context_length(self, params: BaseModel) -> int:
+        """Longest token sequence a session must hold for this suite."""
+        return 2048
+
+    def data_identity(self, params: BaseModel) -> dict[str, Any]:
+        """What identifies the items' source data (hashes), for the cache key."""
+        return {}
+
+    def prepare(self, params: BaseModel, tokenize) -> dict[str, Any]:
+        """Build the items: ``{"items": [...], "meta": {...}}``; each item has an ``id``."""
+        raise NotImplementedError
+
+    def score(self, session, items: list[dict], params: BaseModel) -> list[dict[str, Any]]:
+        """One record per item: ``id``, ``prompt_hash`` and the suite's raw scores."""
+        raise NotImplementedError
+
+    def aggregate(self, items: list[dict], records: list[dict], params: BaseModel) -> dict[str, dict]:
+        """metric -> {"value": float, "stderr": float | None, "n": int}"""
+        raise NotImplementedError

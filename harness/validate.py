@@ -1,0 +1,133 @@
+"""Second pass of plan validation: names and adapter params against the registries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from harness.config import Plan, format_path, validation_messages
+
+
+def _params(cls: type[BaseModel], raw: dict[str, Any], loc: tuple, problems: list[str]) -> BaseModel | None:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        problems += validation_messages(err, cls, prefix=loc)
+        return None
+
+
+def _known(name: str, registry, loc: tuple, what: str, problems: list[str]) -> bool:
+    if name in registry:
+        return True
+    problems.append(f"{format_path(loc)}: unknown {what} {name!r}; allowed: {', '.join(registry.names())}")
+    return False
+
+
+def metric_names(plan: Plan) -> list[str]:
+    from harness.probes import REGISTRY as PROBES
+    from harness.suites import REGISTRY as SUITES
+
+    names = []
+    for s in plan.suites:
+        if s.suite in SUITES:
+            names += [f"{s.id}.{m}" for m in SUITES.get(s.suite).metrics]
+    for p in plan.probes:
+        if p in PROBES:
+            names += [f"{p}.{m}" for m in PROBES.get(p).metrics]
+    return names
+
+
+def check_plan(plan: Plan) -> list[str]:
+    """Every problem with the names a plan uses, one line each (empty: valid)."""
+    from harness.probes import REGISTRY as PROBES
+    from harness.quantizers import REGISTRY as QUANTIZERS
+    from harness.runtimes import REGISTRY as RUNTIMES
+    from harness.suites import REGISTRY as SUITES
+
+    problems: list[str] = []
+
+    def check_runtime(spec, loc, artifact_format: str | None):
+        if not _known(spec.name, RUNTIMES, loc + ("name",), "runtime", problems):
+            return
+        runtime = RUNTIMES.get(spec.name)()
+        _params(runtime.Params, spec.params, loc + ("params",), problems)
+        if artifact_format and artifact_format not in runtime.accepts:
+            problems.append(
+                f"{format_path(loc + ('name',))}: runtime {spec.name!r} loads {', '.join(runtime.accepts)} "
+                f"artifacts, not {artifact_format!r}; runtimes that load {artifact_format!r}: "
+                + (", ".join(n for n in RUNTIMES.names() if artifact_format in RUNTIMES.get(n).accepts) or "none")
+            )
+
+    check_runtime(plan.baseline.runtime, ("baseline", "runtime"), None)
+
+    seen: dict[str, int] = {plan.baseline.name: -1}
+    for i, cand in enumerate(plan.candidates):
+        loc = ("candidates", i)
+        if cand.name in seen:
+            first = "baseline.name" if seen[cand.name] < 0 else f"candidates[{seen[cand.name]}].name"
+            problems.append(f"{format_path(loc + ('name',))}: duplicate name {cand.name!r} (also {first})")
+        seen.setdefault(cand.name, i)
+        fmt = None
+        if _known(cand.quantizer.method, QUANTIZERS, loc + ("quantizer", "method"), "quantizer method", problems):
+            q = QUANTIZERS.get(cand.quantizer.method)()
+            params = _params(q.Params, cand.quantizer.params, loc + ("quantizer", "params"), problems)
+            if params is not None:
+                fmt = q.output_format_for(params)
+            if q.needs_calibration and cand.quantizer.calibration is None:
+                problems.append(f"{format_path(loc + ('quantizer', 'calibration'))}: method "
+                                f"{cand.quantizer.method!r} needs calibration data (source, samples, seq_len, seed)")
+            if cand.quantizer.method == "prebuilt" and params is not None:
+                from pathlib import Path
+
+                if not Path(params.path).expanduser().exists():
+                    problems.append(f"{format_path(loc + ('quantizer', 'params', 'path'))}: "
+                                    f"file not found: {params.path!r}")
+        check_runtime(cand.runtime, loc + ("runtime",), fmt)
+
+    suite_ids: dict[str, int] = {}
+    for i, s in enumerate(plan.suites):
+        loc = ("suites", i)
+        if s.id in suite_ids:
+            problems.append(f"{format_path(loc)}: duplicate suite name {s.id!r}; give one a distinct 'name'")
+        suite_ids.setdefault(s.id, i)
+        if _known(s.suite, SUITES, loc + ("suite",), "suite", problems):
+            _params(SUITES.get(s.suite).Params, s.params, loc + ("params",), problems)
+
+    for name, raw in plan.probes.items():
+        loc = ("probes", name)
+        if _known(name, PROBES, loc, "probe", problems):
+            _params(PROBES.get(name).Params, raw or {}, loc, problems)
+
+    known_metrics = metric_names(plan)
+    policy = plan.policy()
+    gate_names: set[str] = set()
+    for i, gate in enumerate(policy.gates):
+        loc = ("gates", i)
+        if gate.name in gate_names:
+            problems.append(f"{format_path(loc + ('name',))}: duplicate gate name {gate.name!r}")
+        gate_names.add(gate.name)
+        if gate.metric not in known_metrics:
+            problems.append(
+                f"{format_path(loc + ('metric',))}: unknown metric {gate.metric!r}; "
+                f"metrics of this plan's suites and probes: {', '.join(known_metrics) or 'none'}"
+            )
+    return problems
+
+
+def availability(plan: Plan) -> list[str]:
+    """Adapters the plan names whose libraries are missing here (not an error for validate)."""
+    from harness.quantizers import REGISTRY as QUANTIZERS
+    from harness.runtimes import REGISTRY as RUNTIMES
+
+    notes = []
+    seen = set()
+    for cand in plan.candidates:
+        for reg, name in ((QUANTIZERS, cand.quantizer.method), (RUNTIMES, cand.runtime.name)):
+            if (reg.kind, name) in seen:
+                continue
+            seen.add((reg.kind, name))
+            why = reg.get(name)().unavailable()
+            if why:
+                notes.append(why)
+    return notes
