@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from harness.errors import PlanError
 
@@ -136,20 +136,23 @@ class Plan(Strict):
     candidates: list[CandidateSpec] = Field(min_length=1)
     suites: list[SuiteSpec] = Field(min_length=1)
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    gates: Union[str, list[GateSpec], GatePolicy] = Field(
-        description="a policy file (gates/NAME.yaml), an inline list of gates, or an inline policy"
-    )
+    #: a policy file (gates/NAME.yaml), an inline list of gates, or an inline policy;
+    #: load_plan validates it as a GatePolicy (kept loose here so errors name one cause)
+    gates: Union[str, list[Any], dict[str, Any]]
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     # Filled by load_plan, not read from YAML.
-    source_path: str | None = Field(None, exclude=True)
+    _source_path: str | None = PrivateAttr(None)
+    _policy: GatePolicy | None = PrivateAttr(None)
+
+    @property
+    def source_path(self) -> str | None:
+        return self._source_path
 
     def policy(self) -> GatePolicy:
-        if isinstance(self.gates, GatePolicy):
-            return self.gates
-        if isinstance(self.gates, list):
-            return GatePolicy(gates=self.gates)
-        raise RuntimeError("load_plan resolves policy files")  # pragma: no cover
+        if self._policy is None:
+            raise RuntimeError("load_plan resolves the gate policy")  # pragma: no cover
+        return self._policy
 
 
 # --------------------------------------------------------- error formatting
@@ -184,23 +187,18 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
         for tp in current:
             origin = typing.get_origin(tp)
             if isinstance(tp, type) and issubclass(tp, BaseModel):
-                if isinstance(part, str) and part in tp.model_fields:
+                if part in tp.model_fields:
                     nxt += _unwrap(tp.model_fields[part].annotation)
-                elif isinstance(part, str):
-                    # a discriminated union tag ("max_value") names the member model
-                    pass
-            elif origin in (list, dict) and not isinstance(part, str) or origin is list:
-                nxt += _unwrap(typing.get_args(tp)[-1])
+                else:
+                    # a discriminated union puts its tag ("max_value") in loc
+                    kind = tp.model_fields.get("kind")
+                    if kind is not None and part in typing.get_args(kind.annotation):
+                        nxt.append(tp)
+            elif origin is list and isinstance(part, int):
+                for member in _unwrap(typing.get_args(tp)[0]):
+                    nxt += _unwrap(member)
             elif origin is dict:
                 nxt += _unwrap(typing.get_args(tp)[-1])
-        if not nxt:
-            # discriminated unions put the tag in loc: pick the member whose kind matches
-            for tp in current:
-                for member in _unwrap(tp):
-                    if isinstance(member, type) and issubclass(member, BaseModel):
-                        kind = member.model_fields.get("kind")
-                        if kind is not None and part in typing.get_args(kind.annotation):
-                            nxt.append(member)
         current = nxt
     for tp in current:
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -233,7 +231,8 @@ def validation_messages(err: ValidationError, model: type[BaseModel], prefix: tu
         if etype == "extra_forbidden":
             owner = _model_at(model, raw_loc[:-1])
             allowed = _allowed_keys(owner) if owner else "see the schema"
-            lines.append(f"{path}: unknown key {raw_loc[-1]!r}; allowed keys: {allowed}")
+            parent = format_path(prefix + _visible_loc(raw_loc[:-1], model))
+            lines.append(f"{parent}: unknown key {raw_loc[-1]!r}; allowed keys: {allowed}")
         elif etype == "missing":
             lines.append(f"{path}: required key is missing")
         elif etype == "union_tag_invalid":
@@ -275,16 +274,23 @@ def _policy_path(ref: str, plan_path: Path) -> Path:
     return plan_path.parent / ref
 
 
-def load_policy(path: Path) -> GatePolicy:
-    data = _read_yaml(path, "gate policy")
+def parse_policy(data: Any, where: Path, prefix: tuple = ()) -> GatePolicy:
+    """A policy from a mapping, or from a bare list of gates."""
     if isinstance(data, list):
-        data = {"gates": data}
+        data, prefix = {"gates": data}, ()
     if not isinstance(data, dict):
-        raise PlanError(f"{path}: <root>: expected a mapping with 'gates', got {type(data).__name__}")
+        raise PlanError(f"{where}: {format_path(prefix)}: expected a mapping with 'gates', got {type(data).__name__}")
     try:
         return GatePolicy.model_validate(data)
     except ValidationError as err:
-        raise PlanError("\n".join(f"{path}: {m}" for m in validation_messages(err, GatePolicy))) from None
+        raise PlanError("\n".join(f"{where}: {m}" for m in validation_messages(err, GatePolicy, prefix))) from None
+
+
+def load_policy(path: Path) -> GatePolicy:
+    policy = parse_policy(_read_yaml(path, "gate policy"), path)
+    if policy.name == "inline":
+        policy.name = path.stem
+    return policy
 
 
 def load_plan(path: str | Path, check_names: bool = True) -> Plan:
@@ -297,13 +303,14 @@ def load_plan(path: str | Path, check_names: bool = True) -> Plan:
         plan = Plan.model_validate(data)
     except ValidationError as err:
         raise PlanError("\n".join(f"{path}: {m}" for m in validation_messages(err, Plan))) from None
-    plan.source_path = str(path)
+    plan._source_path = str(path)
     if isinstance(plan.gates, str):
         policy_file = _policy_path(plan.gates, path)
         if not policy_file.is_file():
             raise PlanError(f"{path}: gates: policy file {plan.gates!r} not found (looked next to the plan and in gates/)")
-        plan.gates = load_policy(policy_file)
-        plan.gates.name = plan.gates.name if plan.gates.name != "inline" else policy_file.stem
+        plan._policy = load_policy(policy_file)
+    else:
+        plan._policy = parse_policy(plan.gates, path, ("gates",))
     if check_names:
         from harness.validate import check_plan
 

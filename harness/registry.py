@@ -58,6 +58,9 @@ def package_missing(module: str, what: str, dist: str, extra: str) -> str | None
     """A one-line reason when ``module`` cannot be imported, else None (no import done)."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is not None:
-        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
     return f"{what} needs the Python package '{dist}', which is not installed; install it with: pip install 'quantgate[{extra}]'"
