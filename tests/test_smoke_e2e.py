@@ -1,0 +1,121 @@
+"""The smoke plan end to end on the real embedded model: real llama.cpp, real MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(qg_home, tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    cold = run_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--reports-dir", str(reports))
+    warm = run_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--reports-dir", str(reports))
+    runs = sorted(p for p in reports.iterdir() if p.is_dir())
+    return cold, warm, runs
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_smoke_exit_code_and_verdicts(smoke_runs):
+    cold, _, runs = smoke_runs
+    assert cold.returncode == 1, cold.stdout[-3000:] + cold.stderr[-3000:]
+    res = _results(runs[0])
+    verdicts = {c["name"]: c["verdict"] for c in res["candidates"]}
+    assert verdicts == {"q8_0": "PASS", "q4_k_m": "PASS", "q2_k": "FAIL"}
+    assert res["approved"] == ["q8_0", "q4_k_m"]
+    assert res["exit_code"] == 1
+    q2 = next(c for c in res["candidates"] if c["name"] == "q2_k")
+    failed = [v for v in q2["verdicts"] if v["verdict"] == "FAIL"]
+    assert [v["gate"] for v in failed] == ["ppl-increase"]
+    assert "approved: q8_0, q4_k_m" in cold.stdout
+
+
+def test_smoke_perplexity_order(smoke_runs):
+    res = _results(smoke_runs[2][0])
+    ppl = {c["name"]: c["metrics"]["wikitext2.ppl"]["value"] for c in [res["baseline"], *res["candidates"]]}
+    assert abs(ppl["q8_0"] / ppl["f16"] - 1) < 0.01, ppl
+    assert ppl["q8_0"] < ppl["q4_k_m"] < ppl["q2_k"], ppl
+    assert 15 < ppl["f16"] < 60, ppl  # a sane model on WikiText-2, not a broken load
+
+
+def test_every_candidate_scored_identical_windows(smoke_runs):
+    res = _results(smoke_runs[2][0])
+    recs = [res["baseline"], *res["candidates"]]
+    keys = {r["suites"]["wikitext2"]["items_key"] for r in recs}
+    assert len(keys) == 1
+    hashes = [[x["prompt_hash"] for x in r["suites"]["wikitext2"]["records"]] for r in recs]
+    assert all(h == hashes[0] for h in hashes) and len(hashes[0]) == 8
+    assert res["baseline"]["suites"]["wikitext2"]["meta"]["newline"] == "lf"
+    assert all(x["n_scored"] == 511 for x in res["baseline"]["suites"]["wikitext2"]["records"])
+
+
+def test_probes_and_manifests_recorded(smoke_runs):
+    res = _results(smoke_runs[2][0])
+    for c in [res["baseline"], *res["candidates"]]:
+        m = c["metrics"]
+        assert m["size.bytes"]["value"] == Path(c["artifact"]["path"]).resolve().stat().st_size
+        assert m["decode.tokens_per_s"]["value"] > 1
+        assert m["decode.tokens_per_s_min"]["value"] <= m["decode.tokens_per_s"]["value"] <= m["decode.tokens_per_s_max"]["value"]
+        assert 0.05 < m["memory.peak_rss_gib"]["value"] < 8
+        assert 0 < m["load.seconds"]["value"] < 60
+    bpw = {c["name"]: c["artifact"]["manifest"]["bits_per_weight"] for c in res["candidates"]}
+    assert 8.0 < bpw["q8_0"] < 9.0 and bpw["q2_k"] < bpw["q4_k_m"] < bpw["q8_0"], bpw
+    man = res["candidates"][0]["artifact"]["manifest"]
+    assert man["key_inputs"]["versions"]["llama-cpp-python"]
+    assert man["wall_seconds"] > 0 and man["peak_rss_gib"] > 0
+
+
+def test_summary_and_results_agree(smoke_runs):
+    run = smoke_runs[2][0]
+    res = _results(run)
+    summary = (run / "summary.md").read_text()
+    approved_block = summary.split("## Approved list")[1].split("##")[0]
+    assert [ln[2:] for ln in approved_block.strip().splitlines()] == res["approved"]
+    for c in res["candidates"]:
+        row = next(ln for ln in summary.splitlines() if ln.startswith(f"| {c['name']} |"))
+        assert f"| {c['verdict']} |" in row
+        assert f"{c['metrics']['wikitext2.ppl']['value']:.4g}" in row
+
+
+def test_mlflow_runs_queried_back(smoke_runs):
+    from mlflow.tracking import MlflowClient
+
+    res = _results(smoke_runs[2][0])
+    tr = res["tracking"]
+    client = MlflowClient(tracking_uri=tr["uri"])
+    exp = client.get_experiment_by_name("quantgate-smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.info.run_id == tr["parent_run_id"])
+    assert parent.data.tags["approved"] == "q8_0,q4_k_m"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"f16", "q8_0", "q4_k_m", "q2_k"}
+    for c in res["candidates"]:
+        run = children[c["name"]]
+        assert run.data.tags["verdict"] == c["verdict"]
+        for v in c["verdicts"]:
+            assert run.data.tags[f"gate.{v['gate']}"] == v["verdict"]
+        assert run.data.metrics["wikitext2.ppl"] == pytest.approx(c["metrics"]["wikitext2.ppl"]["value"])
+        assert run.data.params["quantizer.params.type"] == c["quantizer"]["params"]["type"]
+        assert run.data.params["artifact.key"] == c["artifact"]["key"]
+    assert children["q2_k"].data.tags["gate.ppl-increase"] == "FAIL"
+
+
+def test_second_run_reuses_artifacts_and_results(smoke_runs):
+    cold, warm, runs = smoke_runs
+    assert warm.returncode == 1
+    assert warm.stdout.count("reused from the store") == 3
+    a, b = _results(runs[0]), _results(runs[1])
+    for ca, cb in zip(a["candidates"], b["candidates"]):
+        assert cb["artifact"]["reused"] is True
+        assert cb["suites"]["wikitext2"]["reused"] is True
+        assert ca["artifact"]["key"] == cb["artifact"]["key"]
+        assert ca["metrics"]["wikitext2.ppl"] == cb["metrics"]["wikitext2.ppl"]
