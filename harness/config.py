@@ -107,7 +107,7 @@ class MinValueGate(_Gate):
 
 
 GateSpec = Annotated[
-    Union[MaxIncreasePctGate, MaxDropPctGate, MaxValueGate, MinValueGate],
+    MaxIncreasePctGate | MaxDropPctGate | MaxValueGate | MinValueGate,
     Field(discriminator="kind"),
 ]
 GATE_KINDS = ["max_increase_pct", "max_drop_pct", "max_value", "min_value"]
@@ -138,7 +138,7 @@ class Plan(Strict):
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: a policy file (gates/NAME.yaml), an inline list of gates, or an inline policy;
     #: load_plan validates it as a GatePolicy (kept loose here so errors name one cause)
-    gates: Union[str, list[Any], dict[str, Any]]
+    gates: str | list[Any] | dict[str, Any]
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     # Filled by load_plan, not read from YAML.

@@ -16,7 +16,6 @@ import secrets
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from harness import __version__
 from harness.config import Plan

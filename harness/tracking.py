@@ -7,6 +7,7 @@ with no server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` selects a server.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def candidate_params(rec: dict) -> dict[str, str]:
 
 def log_run(results: dict, spec, run_dir: Path) -> dict:
     """Log ``results`` to MLflow; returns what results.json records about it."""
-    mlflow = _mlflow()
+    _mlflow()
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     uri, local = tracking_uri(spec, run_dir)
@@ -93,13 +95,9 @@ def log_run(results: dict, spec, run_dir: Path) -> dict:
         child = client.create_run(exp_id, run_name=rec["name"], tags=tags)
         cid = child.info.run_id
         child_ids[rec["name"]] = cid
-        from mlflow.entities import Metric, Param
-
         params = [Param(k, v) for k, v in candidate_params(rec).items()]
         metrics = []
-        import time as _t
-
-        now = int(_t.time() * 1000)
+        now = int(time.time() * 1000)
         for name, m in rec["metrics"].items():
             if m.get("value") is None:
                 continue

@@ -114,7 +114,7 @@ def test_second_run_reuses_artifacts_and_results(smoke_runs):
     assert warm.returncode == 1
     assert warm.stdout.count("reused from the store") == 3
     a, b = _results(runs[0]), _results(runs[1])
-    for ca, cb in zip(a["candidates"], b["candidates"]):
+    for ca, cb in zip(a["candidates"], b["candidates"], strict=True):
         assert cb["artifact"]["reused"] is True
         assert cb["suites"]["wikitext2"]["reused"] is True
         assert ca["artifact"]["key"] == cb["artifact"]["key"]

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import MissingDependency
-from harness.registry import package_missing, package_version
 from harness.quantizers import Quantizer
+from harness.registry import package_missing, package_version
 
 GGUF_TYPES = (
     "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
