@@ -33,16 +33,18 @@ def _derive_worker(model: str, fmt: str) -> str:
 
 
 def _quantize_worker(method: str, params_raw: dict, calibration: dict | None, source: str | None,
-                     key: str, key_inputs: dict) -> dict:
+                     key: str, key_inputs: dict, baseline_model: str) -> dict:
     from harness.probes.memory import peak_rss_bytes
-    from harness.quantizers import REGISTRY
+    from harness.quantizers import REGISTRY, QuantizeContext
 
     quantizer = REGISTRY.get(method)()
     params = quantizer.Params.model_validate(params_raw)
     store = Store()
     t0 = time.perf_counter()
     with atomic_dir(store.folder("artifacts", key)) as tmp:
-        info = quantizer.quantize(Path(source) if source else None, tmp, params, calibration)
+        ctx = QuantizeContext(source=Path(source) if source else None, out_dir=tmp,
+                              calibration=calibration, baseline_model=baseline_model)
+        info = quantizer.quantize(ctx, params)
         entry = tmp / info["entry"]
         manifest = {
             "key": key,
@@ -176,6 +178,7 @@ class Runner:
         }
 
     def _produce(self, rec: dict, cand, baseline_paths: dict[str, Path], baseline_key: str) -> None:
+        from harness.calibration import calibration_identity
         from harness.quantizers import REGISTRY
 
         quantizer = REGISTRY.get(cand.quantizer.method)()
@@ -196,7 +199,7 @@ class Runner:
             "input_format": quantizer.input_format,
             "method": quantizer.name,
             "params": params.model_dump(),
-            "calibration": calibration,
+            "calibration": calibration_identity(calibration),
             "identity": quantizer.identity(params),
             "versions": quantizer.versions(),
         }
@@ -208,7 +211,7 @@ class Runner:
         else:
             self.log(f"  [{rec['name']}] producing artifact with {quantizer.name} {params.model_dump(exclude_defaults=True)}")
             manifest = self._call(_quantize_worker, quantizer.name, params.model_dump(), calibration, source,
-                                  key, key_inputs, log_name=f"{rec['name']}-quantize")
+                                  key, key_inputs, self.plan.baseline.model, log_name=f"{rec['name']}-quantize")
         folder = self.store.folder("artifacts", key)
         rec["artifact"] = {"key": key, "format": manifest["format"], "path": str(folder / manifest["entry"]),
                            "manifest": manifest, "reused": reused}

@@ -74,7 +74,7 @@ def check_plan(plan: Plan) -> list[str]:
             params = _params(q.Params, cand.quantizer.params, loc + ("quantizer", "params"), problems)
             if params is not None:
                 fmt = q.output_format_for(params)
-            if q.needs_calibration and cand.quantizer.calibration is None:
+            if params is not None and q.requires_calibration(params) and cand.quantizer.calibration is None:
                 problems.append(f"{format_path(loc + ('quantizer', 'calibration'))}: method "
                                 f"{cand.quantizer.method!r} needs calibration data (source, samples, seq_len, seed)")
             if cand.quantizer.method == "prebuilt" and params is not None:

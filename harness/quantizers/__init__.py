@@ -7,6 +7,7 @@ validating a plan that names it, works without the library installed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,21 @@ REGISTRY = Registry(
         "prebuilt": "harness.quantizers.prebuilt:PrebuiltArtifact",
     },
 )
+
+
+@dataclass
+class QuantizeContext:
+    """What a quantizer gets besides its params."""
+
+    source: Path | None  # the baseline in the quantizer's input_format
+    out_dir: Path  # write the artifact here (renamed into the store when complete)
+    calibration: dict | None  # the plan's calibration block (source, samples, seq_len, seed)
+    baseline_model: str  # the plan's baseline.model, to derive other formats
+
+    def baseline(self, fmt: str) -> Path:
+        from harness.baseline import derive
+
+        return derive(self.baseline_model, fmt)
 
 
 class NoParams(BaseModel):
@@ -41,6 +57,9 @@ class Quantizer:
     def output_format_for(self, params: BaseModel) -> str:
         return self.output_format
 
+    def requires_calibration(self, params: BaseModel) -> bool:
+        return self.needs_calibration
+
     def unavailable(self) -> str | None:
         """Why this quantizer cannot run here, or None."""
         return None
@@ -53,7 +72,7 @@ class Quantizer:
         """Extra inputs of the cache key (e.g. the hash of a prebuilt file)."""
         return {}
 
-    def quantize(self, source: Path | None, out_dir: Path, params: BaseModel, calibration: Any) -> dict[str, Any]:
-        """Write the artifact into ``out_dir``; return manifest fields, including ``entry``
+    def quantize(self, ctx: QuantizeContext, params: BaseModel) -> dict[str, Any]:
+        """Write the artifact into ``ctx.out_dir``; return manifest fields, including ``entry``
         (the file or folder name inside ``out_dir`` that a runtime loads)."""
         raise NotImplementedError

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.quantizers import Quantizer
+from harness.quantizers import QuantizeContext, Quantizer
 
 
 class PrebuiltParams(BaseModel):
@@ -36,7 +36,8 @@ class PrebuiltArtifact(Quantizer):
         st = path.stat()
         return {"path": str(path.resolve()), "mtime": st.st_mtime_ns}
 
-    def quantize(self, source: Path | None, out_dir: Path, params: PrebuiltParams, calibration: Any) -> dict[str, Any]:
+    def quantize(self, ctx: QuantizeContext, params: PrebuiltParams) -> dict[str, Any]:
+        out_dir = ctx.out_dir
         src = Path(params.path).resolve()
         entry = src.name
         # a link, not a copy: prebuilt artifacts can be many GB

@@ -18,6 +18,7 @@ REGISTRY = Registry(
     "runtimes",
     {
         "llama-cpp": "harness.runtimes.llama_cpp:LlamaCppRuntime",
+        "transformers": "harness.runtimes.transformers:TransformersRuntime",
     },
 )
 

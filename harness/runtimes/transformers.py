@@ -1,0 +1,97 @@
+"""transformers in process: BF16/FP16/FP32 checkpoints and compressed-tensors artifacts.
+
+Scores with one forward pass per window (log-softmax in float64 at the scored
+positions); generation is a greedy loop over the KV cache, EOS ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import MissingDependency
+from harness.registry import package_missing, package_version
+from harness.runtimes import Runtime, Session
+
+
+class TransformersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="compute dtype; float32 is the fast and exact choice on CPU")
+    n_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:0', ...")
+    trust_remote_code: bool = False
+
+
+class TransformersSession(Session):
+    def __init__(self, model, tokenizer, device: str):
+        self.model = model
+        self.tok = tokenizer
+        self.device = device
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def detokenize(self, ids: list[int]) -> bytes:
+        return self.tok.decode(ids).encode("utf-8")
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            target = torch.tensor(ids[1:], device=self.device)
+            return logp[torch.arange(len(ids) - 1, device=self.device), target].cpu().numpy()
+
+    def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
+        import torch
+
+        sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(torch.tensor([prompt], device=self.device), use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            sync()
+            t1 = time.perf_counter()
+            for _ in range(n_tokens):
+                out = self.model(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            sync()
+            t2 = time.perf_counter()
+        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
+
+
+class TransformersRuntime(Runtime):
+    name = "transformers"
+    Params = TransformersParams
+    accepts = ("hf",)
+    extra = "hf"
+    speed_only_params = ("n_threads",)
+
+    def unavailable(self) -> str | None:
+        return package_missing("torch", f"runtime {self.name!r}", "torch", self.extra) or package_missing(
+            "transformers", f"runtime {self.name!r}", "transformers", self.extra)
+
+    def versions(self) -> dict[str, str]:
+        return {p: package_version(p) for p in ("transformers", "torch", "compressed-tensors")}
+
+    def load(self, path: Path, params: TransformersParams, n_ctx: int) -> TransformersSession:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise MissingDependency.of("runtime 'transformers'", "transformers", self.extra) from None
+        if params.n_threads:
+            torch.set_num_threads(params.n_threads)
+        dtype = params.dtype if params.dtype == "auto" else getattr(torch, params.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=params.trust_remote_code).to(params.device)
+        model.eval()
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=params.trust_remote_code)
+        return TransformersSession(model, tok, params.device)
