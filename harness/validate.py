@@ -38,6 +38,42 @@ def metric_names(plan: Plan) -> list[str]:
     return names
 
 
+def check_baseline_model(model: str) -> str | None:
+    """A local baseline must look like what it claims to be (cheap header checks only)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from harness.config import EMBEDDED_MODEL
+
+    if model.startswith("embedded:"):
+        return None if model == EMBEDDED_MODEL else f"unknown embedded model {model!r}; allowed: {EMBEDDED_MODEL}"
+    path = Path(model).expanduser()
+    if not path.exists():
+        return f"{model!r} is neither {EMBEDDED_MODEL!r} nor an existing file or folder"
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            return f"{model!r} is neither a GGUF file (magic {magic!r}, expected b'GGUF') nor a checkpoint folder"
+        return None
+    if not (path / "config.json").is_file():
+        return f"{model!r}: checkpoint folder without config.json"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return f"{model!r}: checkpoint folder without *.safetensors files"
+    for w in weights:
+        try:
+            with open(w, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > 100_000_000:
+                    raise ValueError("header length out of range")
+                json.loads(f.read(n))
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            return f"{w}: not a readable safetensors file ({exc})"
+    return None
+
+
 def check_plan(plan: Plan) -> list[str]:
     """Every problem with the names a plan uses, one line each (empty: valid)."""
     from harness.probes import REGISTRY as PROBES
@@ -60,6 +96,9 @@ def check_plan(plan: Plan) -> list[str]:
             )
 
     check_runtime(plan.baseline.runtime, ("baseline", "runtime"), None)
+    why = check_baseline_model(plan.baseline.model)
+    if why:
+        problems.append(f"baseline.model: {why}")
 
     seen: dict[str, int] = {plan.baseline.name: -1}
     for i, cand in enumerate(plan.candidates):
@@ -74,6 +113,8 @@ def check_plan(plan: Plan) -> list[str]:
             params = _params(q.Params, cand.quantizer.params, loc + ("quantizer", "params"), problems)
             if params is not None:
                 fmt = q.output_format_for(params)
+            if params is not None and q.blocked(params):
+                problems.append(f"{format_path(loc + ('quantizer', 'method'))}: {q.blocked(params)}")
             if params is not None and q.requires_calibration(params) and cand.quantizer.calibration is None:
                 problems.append(f"{format_path(loc + ('quantizer', 'calibration'))}: method "
                                 f"{cand.quantizer.method!r} needs calibration data (source, samples, seq_len, seed)")

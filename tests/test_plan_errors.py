@@ -50,9 +50,24 @@ CASES = [
     ("unknown-nested-key", _set("candidates.1.quantizer.metod", "gguf"),
      ["candidates[1].quantizer: unknown key 'metod'", "allowed keys: method, params, calibration"]),
     ("unknown-method", _set("candidates.2.quantizer.method", "gptqq"),
-     ["candidates[2].quantizer.method: unknown quantizer method 'gptqq'", "allowed: gguf, prebuilt"]),
+     ["candidates[2].quantizer.method: unknown quantizer method 'gptqq'", "allowed: autoawq, gguf, llm-compressor, prebuilt"]),
     ("unknown-runtime", _set("candidates.0.runtime.name", "llamacpp"),
-     ["candidates[0].runtime.name: unknown runtime 'llamacpp'", "allowed: llama-cpp"]),
+     ["candidates[0].runtime.name: unknown runtime 'llamacpp'", "allowed: llama-cpp, transformers"]),
+    ("iquant-without-calibration", _set("candidates.1.quantizer.params.type", "IQ4_XS"),
+     ["candidates[1].quantizer.calibration: method 'gguf' needs calibration data"]),
+    ("gptq-without-calibration", _set("candidates.0", {"name": "gptq", "runtime": {"name": "transformers"},
+                                                        "quantizer": {"method": "llm-compressor", "params": {"scheme": "gptq-w4a16"}}}),
+     ["candidates[0].quantizer.calibration: method 'llm-compressor' needs calibration data"]),
+    ("unknown-scheme", _set("candidates.0", {"name": "x", "runtime": {"name": "transformers"},
+                                             "quantizer": {"method": "llm-compressor", "params": {"scheme": "gptq-w3"}}}),
+     ["candidates[0].quantizer.params.scheme:", "'gptq-w4a16'", "'nvfp4'", "got 'gptq-w3'"]),
+    ("gguf-on-transformers", _set("candidates.0.runtime.name", "transformers"),
+     ["candidates[0].runtime.name: runtime 'transformers' loads hf artifacts, not 'gguf'; runtimes that load 'gguf': llama-cpp"]),
+    ("autoawq-archived", _set("candidates.0", {"name": "awq", "runtime": {"name": "transformers"},
+                                               "quantizer": {"method": "autoawq", "calibration": {"source": "wikitext2"}}}),
+     ["candidates[0].quantizer.method: quantizer 'autoawq': archived upstream", "scheme 'awq-w4a16'"]),
+    ("baseline-not-gguf", _set("baseline.model", str(ROOT / "README.md")),
+     ["baseline.model:", "README.md", "neither a GGUF file"]),
     ("unknown-quant-type", _set("candidates.1.quantizer.params.type", "Q9_K"),
      ["candidates[1].quantizer.params.type:", "'Q8_0'", "'Q4_K_M'", "got 'Q9_K'"]),
     ("wrong-type", _set("suites.0.params.context_length", "long"),
@@ -114,7 +129,7 @@ def test_cli_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines() == [
-        f"error: {plan}: candidates[2].quantizer.method: unknown quantizer method 'awq-magic'; allowed: gguf, prebuilt"
+        f"error: {plan}: candidates[2].quantizer.method: unknown quantizer method 'awq-magic'; allowed: autoawq, gguf, llm-compressor, prebuilt"
     ]
 
 

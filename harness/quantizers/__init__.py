@@ -20,6 +20,8 @@ REGISTRY = Registry(
     {
         "gguf": "harness.quantizers.gguf:GGUFQuantizer",
         "prebuilt": "harness.quantizers.prebuilt:PrebuiltArtifact",
+        "llm-compressor": "harness.quantizers.llmcompressor:LLMCompressorQuantizer",
+        "autoawq": "harness.quantizers.autoawq:AutoAWQQuantizer",
     },
 )
 
@@ -61,7 +63,11 @@ class Quantizer:
         return self.needs_calibration
 
     def unavailable(self) -> str | None:
-        """Why this quantizer cannot run here, or None."""
+        """Why this quantizer cannot run here (its library is missing), or None."""
+        return None
+
+    def blocked(self, params: BaseModel) -> str | None:
+        """Why this recipe must not run even with the library present (a plan error), or None."""
         return None
 
     def versions(self) -> dict[str, str]:

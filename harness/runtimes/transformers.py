@@ -26,6 +26,18 @@ class TransformersParams(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:0', ...")
     trust_remote_code: bool = False
+    #: compressed-tensors checkpoints: decompress the weights to dense once at load (true), or
+    #: keep them packed and let compressed-tensors decompress on every forward (false)
+    dequantize: bool = True
+
+
+def _quant_method(path: Path) -> str | None:
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    return (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
 
 
 class TransformersSession(Session):
@@ -90,8 +102,18 @@ class TransformersRuntime(Runtime):
         if params.n_threads:
             torch.set_num_threads(params.n_threads)
         dtype = params.dtype if params.dtype == "auto" else getattr(torch, params.dtype)
+        kwargs = {}
+        if params.dequantize and _quant_method(path) == "compressed-tensors":
+            from transformers import CompressedTensorsConfig
+
+            kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=params.trust_remote_code).to(params.device)
+            path, dtype=dtype, trust_remote_code=params.trust_remote_code, **kwargs)
+        # compressed-tensors checkpoints are decompressed to dense at load (transformers 5.x);
+        # some formats (MXFP4/NVFP4) come back in their storage dtype: cast to the compute dtype.
+        if params.dtype != "auto":
+            model = model.to(dtype)
+        model = model.to(params.device)
         model.eval()
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=params.trust_remote_code)
         return TransformersSession(model, tok, params.device)
