@@ -1,4 +1,4 @@
-"""Sessions: tests, demo, lint (bench comes with the quantizer and runtime issues).
+"""Sessions: tests, demo, bench, lint.
 
 Both `tests` and `demo` install quantgate with every extra into their own
 virtualenv. torch is pinned (==2.13.0, the CPU build on this project's machines);
@@ -46,6 +46,13 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Figures, not assertions: writes reports/bench/*.json (quantizers: every method, fresh store)."""
+    session.install("-e", ".[all]")
+    session.run("python", "benchmarks/quantizers.py", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")

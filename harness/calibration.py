@@ -1,7 +1,9 @@
 """Calibration data a quantizer sees, declared in the plan and hashed into the artifact key.
 
 Sources: a built-in name (``wikitext2`` prose, ``humaneval`` Python code, ``gsm8k``
-math word problems, ``mmlu`` exam questions: all from the pinned offline data), a local
+math word problems, ``mmlu`` exam questions: all from the pinned offline data; the
+record sets take a slice, ``humaneval[0:82]``, to keep calibration and evaluation
+apart), a local
 ``.txt`` file or ``.jsonl`` file (field ``text``, or ``messages`` joined), or
 ``hub:ID[:CONFIG[:SPLIT]]`` (column ``text``) where the hub is reachable.
 Samples are ``samples`` windows of ``seq_len`` tokens drawn with ``seed``.
@@ -33,19 +35,35 @@ def _record_text(rec: dict) -> str:
     raise ValueError("calibration JSONL records need a 'text' or 'messages' field")
 
 
+def _split(source: str) -> tuple[str, slice | None]:
+    """``humaneval[0:82]`` -> ("humaneval", slice(0, 82)): records of a built-in set."""
+    import re
+
+    m = re.fullmatch(r"([a-z0-9_]+)\[(-?\d*):(-?\d*)\]", source)
+    if not m:
+        return source, None
+    return m.group(1), slice(int(m.group(2)) if m.group(2) else None, int(m.group(3)) if m.group(3) else None)
+
+
 def load_calibration_text(source: str) -> str:
+    """Text of a source; built-in record sets take a slice, e.g. ``humaneval[0:82]``."""
     from harness import data
 
+    source, part = _split(source)
+    if part is not None and source not in ("humaneval", "gsm8k", "mmlu"):
+        raise ValueError(f"record slices apply to humaneval, gsm8k and mmlu, not {source!r}")
+    if part is None:
+        part = slice(None)
     if source == "wikitext2":
         return data.local_file("wikitext2").read_bytes().decode("utf-8").replace("\r\n", "\n")
     if source == "gsm8k":
-        return "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _jsonl(data.local_file("gsm8k")))
+        return "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _jsonl(data.local_file("gsm8k"))[part])
     if source == "humaneval":
-        return "\n\n".join(r["prompt"] + r["canonical_solution"] for r in _jsonl(data.fetch_asset("humaneval")))
+        return "\n\n".join(r["prompt"] + r["canonical_solution"] for r in _jsonl(data.fetch_asset("humaneval"))[part])
     if source == "mmlu":
         return "\n\n".join(
             f"{r['question']}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\nD. {r['answer_d']}\n"
-            f"Answer: {r['correct_answer']}" for r in _jsonl(data.fetch_asset("mmlu")))
+            f"Answer: {r['correct_answer']}" for r in _jsonl(data.fetch_asset("mmlu"))[part])
     if source.startswith("hub:"):
         from harness.suites.perplexity import _hub_text
 

@@ -35,8 +35,12 @@ def summary_markdown(results: dict) -> str:
     for r in recs:
         q = r.get("quantizer") or {}
         method = q.get("method", "")
-        if q.get("params", {}).get("type"):
-            method += f" {q['params']['type']}"
+        params = q.get("params") or {}
+        if params.get("type") or params.get("scheme"):
+            method += f" {params.get('type') or params.get('scheme')}"
+        manifest = (r.get("artifact") or {}).get("manifest") or {}
+        if "emulated" in (manifest.get("note") or ""):
+            method += " (emulated: speed figures do not reflect FP4 hardware)"
         runtime = (r.get("runtime") or {}).get("name") or ""
         verdict = r["verdict"] if r["role"] == "candidate" else f"baseline ({r['verdict']})"
         if r["status"] != "ok":

@@ -24,7 +24,8 @@ class PerplexityParams(BaseModel):
 
     dataset: str = Field(
         "wikitext2",
-        description="'wikitext2' (pinned file in QUANTGATE_DATA), a text file path, or 'hub:ID[:CONFIG[:SPLIT]]'",
+        description="'wikitext2' (pinned file in QUANTGATE_DATA), 'humaneval'/'gsm8k'/'mmlu' (sliceable: "
+        "'humaneval[82:]'), a text file path, or 'hub:ID[:CONFIG[:SPLIT]]'",
     )
     context_length: int = Field(512, ge=16)
     max_tokens: int = Field(4096, ge=16, description="token budget: windows = max_tokens // context_length")
@@ -42,10 +43,13 @@ class PerplexityParams(BaseModel):
 
 
 def load_text(dataset: str, newline: str) -> str:
+    from harness.calibration import BUILTIN, _split, load_calibration_text
     from harness.data import LOCAL_FILES, local_file
 
     if dataset in LOCAL_FILES:
         raw = local_file(dataset).read_bytes().decode("utf-8")
+    elif _split(dataset)[0] in BUILTIN:
+        raw = load_calibration_text(dataset)  # record sets: humaneval, gsm8k, mmlu (sliceable)
     elif dataset.startswith("hub:"):
         raw = _hub_text(dataset[4:])
     else:
