@@ -40,6 +40,11 @@ class Session:
         """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1 (float64, length len(ids) - 1)."""
         raise NotImplementedError
 
+    def token_distributions(self, ids: list[int]) -> np.ndarray:
+        """Log-probabilities over the vocabulary after each prefix: shape (len(ids) - 1, vocab),
+        row i predicting ids[i + 1] (float64)."""
+        raise NotImplementedError
+
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
         """Prefill ``prompt`` then generate exactly ``n_tokens`` greedily (EOS ignored).
         Returns ``prefill_seconds`` and ``decode_seconds``."""

@@ -51,14 +51,17 @@ class LlamaCppSession(Session):
     def detokenize(self, ids: list[int]) -> bytes:
         return self.llm.detokenize(ids)
 
-    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+    def token_distributions(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
         if n > self.llm.n_ctx():
             raise ValueError(f"sequence of {n} tokens exceeds n_ctx={self.llm.n_ctx()}")
         self.llm.reset()
         self.llm.eval(ids)
-        logp = log_softmax_rows(np.asarray(self.llm.scores[: n - 1]))
-        return logp[np.arange(n - 1), ids[1:]]
+        return log_softmax_rows(np.asarray(self.llm.scores[: n - 1]))
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        logp = self.token_distributions(ids)
+        return logp[np.arange(len(ids) - 1), ids[1:]]
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
         llm = self.llm

@@ -52,6 +52,13 @@ class TransformersSession(Session):
     def detokenize(self, ids: list[int]) -> bytes:
         return self.tok.decode(ids).encode("utf-8")
 
+    def token_distributions(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
+            return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         import torch
 

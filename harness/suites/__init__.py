@@ -17,6 +17,7 @@ REGISTRY = Registry(
     "suites",
     {
         "perplexity": "harness.suites.perplexity:PerplexitySuite",
+        "fidelity": "harness.suites.fidelity:FidelitySuite",
     },
 )
 

@@ -76,6 +76,27 @@ def _hash_tokens(ids: list[int]) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+def token_windows(params: PerplexityParams, session) -> list[list[int]]:
+    """Non-overlapping windows of ``context_length`` tokens, ``max_tokens`` in all."""
+    text = load_text(params.dataset, params.newline)
+    L = params.context_length
+    n_windows = params.max_tokens // L
+    need = n_windows * L
+    # Tokenize a growing prefix rather than the whole corpus; drop the last
+    # tokens of a cut prefix, which may be a word split in two.
+    chars = need * 6
+    while True:
+        ids = session.tokenize(text[:chars])
+        if len(ids) >= need + 8 or chars >= len(text):
+            break
+        chars *= 2
+    if len(ids) < need:
+        n_windows = len(ids) // L
+        if n_windows == 0:
+            raise ValueError(f"dataset {params.dataset!r} has {len(ids)} tokens, fewer than context_length {L}")
+    return [[int(t) for t in ids[w * L : (w + 1) * L]] for w in range(n_windows)]
+
+
 class PerplexitySuite(Suite):
     name = "perplexity"
     Params = PerplexityParams
@@ -90,32 +111,12 @@ class PerplexitySuite(Suite):
         return {"text_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
     def prepare(self, params: PerplexityParams, session) -> dict[str, Any]:
-        text = load_text(params.dataset, params.newline)
+        windows = token_windows(params, session)
+        items = [{"id": f"w{w:04d}", "tokens": window, "n_bytes": len(session.detokenize(window[1:]))}
+                 for w, window in enumerate(windows)]
         L = params.context_length
-        n_windows = params.max_tokens // L
-        need = n_windows * L
-        # Tokenize a growing prefix rather than the whole corpus; drop the last
-        # tokens of a cut prefix, which may be a word split in two.
-        chars = need * 6
-        while True:
-            ids = session.tokenize(text[:chars])
-            if len(ids) >= need + 8 or chars >= len(text):
-                break
-            chars *= 2
-        if len(ids) < need:
-            n_windows = len(ids) // L
-            if n_windows == 0:
-                raise ValueError(f"dataset {params.dataset!r} has {len(ids)} tokens, fewer than context_length {L}")
-        items = []
-        for w in range(n_windows):
-            window = [int(t) for t in ids[w * L : (w + 1) * L]]
-            items.append({
-                "id": f"w{w:04d}",
-                "tokens": window,
-                "n_bytes": len(session.detokenize(window[1:])),
-            })
-        meta = {"dataset": params.dataset, "newline": params.newline, "windows": n_windows,
-                "context_length": L, "scored_tokens": n_windows * (L - 1)}
+        meta = {"dataset": params.dataset, "newline": params.newline, "windows": len(windows),
+                "context_length": L, "scored_tokens": len(windows) * (L - 1)}
         return {"items": items, "meta": meta}
 
     def score(self, session, items: list[dict], params: PerplexityParams) -> list[dict[str, Any]]:
