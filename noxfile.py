@@ -1,7 +1,7 @@
 """Sessions: tests, demo, bench, lint.
 
-Both `tests` and `demo` install quantgate with every extra into their own
-virtualenv. torch is pinned (==2.13.0, the CPU build on this project's machines);
+`tests` and `bench` install quantgate with every extra, `demo` with what the smoke
+plan needs, each into its own virtualenv. torch is pinned (==2.13.0, the CPU build on this project's machines);
 llama-cpp-python is built from source by pip the first time (about 5.5 minutes on
 2 cores) and reused from pip's wheel cache afterwards.
 """
