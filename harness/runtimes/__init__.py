@@ -38,7 +38,8 @@ class Session:
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1 (float64, length len(ids) - 1)."""
-        raise NotImplementedError
+        logp = self.token_distributions(ids)
+        return logp[np.arange(len(ids) - 1), ids[1:]]
 
     def token_distributions(self, ids: list[int]) -> np.ndarray:
         """Log-probabilities over the vocabulary after each prefix: shape (len(ids) - 1, vocab),

@@ -59,10 +59,6 @@ class LlamaCppSession(Session):
         self.llm.eval(ids)
         return log_softmax_rows(np.asarray(self.llm.scores[: n - 1]))
 
-    def token_logprobs(self, ids: list[int]) -> np.ndarray:
-        logp = self.token_distributions(ids)
-        return logp[np.arange(len(ids) - 1), ids[1:]]
-
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
         llm = self.llm
         llm.reset()

@@ -59,15 +59,6 @@ class TransformersSession(Session):
             logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
             return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
 
-    def token_logprobs(self, ids: list[int]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            target = torch.tensor(ids[1:], device=self.device)
-            return logp[torch.arange(len(ids) - 1, device=self.device), target].cpu().numpy()
-
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
         import torch
 
