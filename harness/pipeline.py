@@ -133,7 +133,7 @@ def _probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, p
 
 # ------------------------------------------------------------------- runner
 class Runner:
-    def __init__(self, plan: Plan, reports_dir: Path = Path("reports"), log=print, isolate: bool = True):
+    def __init__(self, plan: Plan, reports_dir: Path = Path("reports"), log=print):
         self.plan = plan
         self.store = Store()
         self.log = log
@@ -141,15 +141,12 @@ class Runner:
         self.run_id = f"{stamp}-{plan.name}-{secrets.token_hex(2)}"
         self.run_dir = Path(reports_dir) / self.run_id
         self.logs_dir = self.run_dir / "logs"
-        self.isolate = isolate
         self.items: dict[str, dict] = {}  # suite id -> {"items", "meta", "key"}
 
     # ---- helpers
     def _call(self, fn, *args, log_name: str):
         from harness.isolate import run_isolated
 
-        if not self.isolate:
-            return fn(*args)
         return run_isolated(fn, *args, log_path=self.logs_dir / f"{log_name}.log")
 
     def _suite(self, spec):

@@ -113,17 +113,12 @@ def check_plan(plan: Plan) -> list[str]:
             params = _params(q.Params, cand.quantizer.params, loc + ("quantizer", "params"), problems)
             if params is not None:
                 fmt = q.output_format_for(params)
-            if params is not None and q.blocked(params):
-                problems.append(f"{format_path(loc + ('quantizer', 'method'))}: {q.blocked(params)}")
+            if params is not None:
+                for where, why in q.check(params):
+                    problems.append(f"{format_path(loc + ('quantizer',) + where)}: {why}")
             if params is not None and q.requires_calibration(params) and cand.quantizer.calibration is None:
                 problems.append(f"{format_path(loc + ('quantizer', 'calibration'))}: method "
                                 f"{cand.quantizer.method!r} needs calibration data (source, samples, seq_len, seed)")
-            if cand.quantizer.method == "prebuilt" and params is not None:
-                from pathlib import Path
-
-                if not Path(params.path).expanduser().exists():
-                    problems.append(f"{format_path(loc + ('quantizer', 'params', 'path'))}: "
-                                    f"file not found: {params.path!r}")
         check_runtime(cand.runtime, loc + ("runtime",), fmt)
 
     suite_ids: dict[str, int] = {}

@@ -66,9 +66,9 @@ class Quantizer:
         """Why this quantizer cannot run here (its library is missing), or None."""
         return None
 
-    def blocked(self, params: BaseModel) -> str | None:
-        """Why this recipe must not run even with the library present (a plan error), or None."""
-        return None
+    def check(self, params: BaseModel) -> list[tuple[tuple, str]]:
+        """Plan errors in a recipe beyond its schema: (key path under ``quantizer``, message)."""
+        return []
 
     def versions(self) -> dict[str, str]:
         """Tool versions that enter the artifact's cache key."""

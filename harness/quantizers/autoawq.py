@@ -45,12 +45,12 @@ class AutoAWQQuantizer(Quantizer):
             return f"{missing}; AutoAWQ is archived upstream: {ALTERNATIVE}"
         return None
 
-    def blocked(self, params: AutoAWQParams) -> str | None:
-        """A reason to refuse this recipe even though the library is installed."""
-        if not params.allow_archived:
-            return ("quantizer 'autoawq': archived upstream, and its artifacts measured perplexity ~363,000 "
-                    f"on this project's model (broken); {ALTERNATIVE}, or set allow_archived: true")
-        return None
+    def check(self, params: AutoAWQParams) -> list[tuple[tuple, str]]:
+        """Refused even when installed, unless the plan opts in."""
+        if params.allow_archived:
+            return []
+        return [(("method",), "quantizer 'autoawq': archived upstream, and its artifacts measured perplexity "
+                 f"~363,000 on this project's model (broken); {ALTERNATIVE}, or set allow_archived: true")]
 
     def versions(self) -> dict[str, str]:
         return {p: package_version(p) for p in ("autoawq", "transformers", "torch")}

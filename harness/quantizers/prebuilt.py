@@ -24,6 +24,11 @@ class PrebuiltArtifact(Quantizer):
     Params = PrebuiltParams
     input_format = None
 
+    def check(self, params: PrebuiltParams) -> list[tuple[tuple, str]]:
+        if Path(params.path).expanduser().exists():
+            return []
+        return [(("params", "path"), f"file not found: {params.path!r}")]
+
     def output_format_for(self, params: PrebuiltParams) -> str:
         return params.format
 
