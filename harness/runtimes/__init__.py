@@ -19,6 +19,7 @@ REGISTRY = Registry(
     {
         "llama-cpp": "harness.runtimes.llama_cpp:LlamaCppRuntime",
         "transformers": "harness.runtimes.transformers:TransformersRuntime",
+        "vllm": "harness.runtimes.vllm:VllmRuntime",
     },
 )
 
@@ -28,7 +29,15 @@ class NoParams(BaseModel):
 
 
 class Session:
-    """A loaded model."""
+    """A loaded model. Token ids are the runtime's own (all runtimes of one baseline share the
+    tokenizer: suites fix items as token ids from the baseline's session).
+
+    Scoring and generation are greedy and deterministic. The ``*_many`` methods take a whole
+    batch of requests so that runtimes that batch (vLLM) can; the defaults loop.
+    """
+
+    #: token ids that end a generation (EOS / end-of-turn)
+    stop_token_ids: tuple[int, ...] = ()
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -36,14 +45,42 @@ class Session:
     def detokenize(self, ids: list[int]) -> bytes:
         raise NotImplementedError
 
+    def token_distributions(self, ids: list[int]) -> np.ndarray:
+        """Log-probabilities over the vocabulary after each prefix: shape (len(ids) - 1, vocab),
+        row i predicting ids[i + 1] (float64)."""
+        raise NotImplementedError
+
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1 (float64, length len(ids) - 1)."""
         logp = self.token_distributions(ids)
         return logp[np.arange(len(ids) - 1), ids[1:]]
 
-    def token_distributions(self, ids: list[int]) -> np.ndarray:
-        """Log-probabilities over the vocabulary after each prefix: shape (len(ids) - 1, vocab),
-        row i predicting ids[i + 1] (float64)."""
+    def continuation_logprobs(self, context: list[int], continuation: list[int]) -> tuple[np.ndarray, bool]:
+        """log p of each continuation token given the context and the continuation before it,
+        and whether every continuation token is the greedy (argmax) choice."""
+        ids = list(context) + list(continuation)
+        logp = self.token_distributions(ids)[len(context) - 1:]
+        cont = np.asarray(continuation)
+        return logp[np.arange(len(cont)), cont], bool((logp.argmax(1) == cont).all())
+
+    def score_many(self, requests: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, is-greedy) per (context, continuation) request."""
+        out = []
+        for context, continuation in requests:
+            lp, greedy = self.continuation_logprobs(context, continuation)
+            out.append((float(lp.sum()), greedy))
+        return out
+
+    def generate(self, prompt: list[int], max_new_tokens: int, stop: list[str]) -> str:
+        """Greedy generation from ``prompt``; ends at a stop token id, after ``max_new_tokens``,
+        or at the first occurrence of any ``stop`` string (the text returned excludes it)."""
+        raise NotImplementedError
+
+    def generate_many(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str]) -> list[str]:
+        return [self.generate(p, max_new_tokens, stop) for p in prompts]
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to ``messages``, with the assistant turn opened."""
         raise NotImplementedError
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
@@ -51,8 +88,18 @@ class Session:
         Returns ``prefill_seconds`` and ``decode_seconds``."""
         raise NotImplementedError
 
+    def info(self) -> dict[str, Any]:
+        """How the model was loaded (recorded with results), e.g. weights decompressed at load."""
+        return {}
+
     def close(self) -> None:
         pass
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class Runtime:
