@@ -18,6 +18,10 @@ REGISTRY = Registry(
     {
         "perplexity": "harness.suites.perplexity:PerplexitySuite",
         "fidelity": "harness.suites.fidelity:FidelitySuite",
+        "mmlu": "harness.suites.mmlu:MmluSuite",
+        "gsm8k": "harness.suites.gsm8k:Gsm8kSuite",
+        "humaneval": "harness.suites.humaneval:HumanEvalSuite",
+        "json-format": "harness.suites.json_format:JsonFormatSuite",
     },
 )
 
@@ -33,6 +37,10 @@ class Suite:
     version: ClassVar[str] = "1"
     #: metric name -> "lower" or "higher" (which direction is better)
     metrics: ClassVar[dict[str, str]] = {}
+
+    def unavailable(self) -> str | None:
+        """Why this suite cannot run here (a missing library), or None."""
+        return None
 
     def context_length(self, params: BaseModel) -> int:
         """Longest token sequence a session must hold for this suite."""

@@ -11,7 +11,7 @@ the tail mass is zero and a lower bound otherwise (log-sum inequality).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,6 +21,7 @@ from harness.suites.perplexity import PerplexityParams, token_windows
 
 
 class FidelityParams(PerplexityParams):
+    unit: Literal["window"] = "window"
     top_k: int = Field(32, ge=1, le=1024, description="baseline log-probabilities kept per position")
     max_tokens: int = Field(2048, ge=16)
 

@@ -1,15 +1,24 @@
-"""Perplexity on fixed token windows.
+"""Perplexity on fixed token windows or whole documents.
 
-The text is tokenized once with the baseline's tokenizer and cut into
-non-overlapping windows of ``context_length`` tokens until ``max_tokens`` is
-spent; every candidate scores exactly these windows. In each window the first
-token is context only (the model has no BOS), the rest are scored.
+``unit: window`` (default): the text is tokenized once with the baseline's tokenizer and
+cut into non-overlapping windows of ``context_length`` tokens until ``max_tokens`` is
+spent; in each window the first token is context only (the model has no BOS).
+
+``unit: document`` (lm-eval's wikitext protocol): the text is split into documents
+(WikiText's `` = Title = `` headings; other text is one document), whole documents are
+taken in order until ``max_tokens`` is spent, each is prefixed with the end-of-text token
+and scored in disjoint rolling windows of ``context_length`` tokens, so every token of the
+document is scored. Per-document log-likelihoods are kept; word and byte perplexity and
+bits per byte are computed as lm-eval does (words: whitespace-separated).
+
+Either way every candidate scores exactly the baseline's token ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,10 +37,12 @@ class PerplexityParams(BaseModel):
         "'humaneval[82:]'), a text file path, or 'hub:ID[:CONFIG[:SPLIT]]'",
     )
     context_length: int = Field(512, ge=16)
-    max_tokens: int = Field(4096, ge=16, description="token budget: windows = max_tokens // context_length")
+    max_tokens: int = Field(4096, ge=16, description="token budget: windows = max_tokens // context_length; "
+                            "unit document: whole documents until the budget is reached")
     #: WikiText-2's file has CRLF line ends; "lf" normalizes them (as the hub dataset has
     #: them), "raw" keeps the bytes (as llama.cpp's perplexity tool reads them).
     newline: Literal["lf", "raw"] = "lf"
+    unit: Literal["window", "document"] = "window"
 
     @model_validator(mode="after")
     def _budget(self):
@@ -97,11 +108,46 @@ def token_windows(params: PerplexityParams, session) -> list[list[int]]:
     return [[int(t) for t in ids[w * L : (w + 1) * L]] for w in range(n_windows)]
 
 
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)
+
+
+def split_documents(text: str) -> list[str]:
+    """WikiText articles start at level-1 headings (`` = Title = ``); other text is one document."""
+    starts = [m.start() for m in _WIKI_TITLE.finditer(text)]
+    if not starts:
+        return [text.strip("\n")] if text.strip() else []
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    docs = [text[a:b].strip("\n") for a, b in zip(starts, starts[1:] + [len(text)], strict=True)]
+    return [d for d in docs if d.strip()]
+
+
+def document_items(params: PerplexityParams, session) -> list[dict]:
+    """Whole documents within the token budget, each as disjoint rolling windows."""
+    docs = split_documents(load_text(params.dataset, params.newline))
+    prefix = list(session.stop_token_ids[:1])
+    if not prefix:
+        raise ValueError("document perplexity needs an end-of-text token to open each document")
+    L, items, spent = params.context_length, [], 0
+    for d, doc in enumerate(docs):
+        ids = [int(t) for t in session.tokenize(doc)]
+        seq = prefix + ids
+        # window k holds seq[k*(L-1) : k*(L-1)+L]: its first token is context, the rest scored
+        windows = [seq[k: k + L] for k in range(0, len(seq) - 1, L - 1)]
+        items.append({"id": f"d{d:04d}", "windows": windows, "n_tokens": len(ids),
+                      "n_bytes": len(doc.encode("utf-8")), "n_words": len(re.split(r"\s+", doc))})
+        spent += len(ids)
+        if spent >= params.max_tokens:
+            break
+    return items
+
+
 class PerplexitySuite(Suite):
     name = "perplexity"
     Params = PerplexityParams
-    version = "1"
-    metrics = {"ppl": "lower", "nll": "lower", "bits_per_byte": "lower", "tokens": "higher"}
+    version = "2"
+    metrics = {"ppl": "lower", "nll": "lower", "bits_per_byte": "lower", "byte_perplexity": "lower",
+               "word_perplexity": "lower", "tokens": "higher"}
 
     def context_length(self, params: PerplexityParams) -> int:
         return params.context_length
@@ -111,24 +157,34 @@ class PerplexitySuite(Suite):
         return {"text_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
     def prepare(self, params: PerplexityParams, session) -> dict[str, Any]:
-        windows = token_windows(params, session)
-        items = [{"id": f"w{w:04d}", "tokens": window, "n_bytes": len(session.detokenize(window[1:]))}
-                 for w, window in enumerate(windows)]
         L = params.context_length
-        meta = {"dataset": params.dataset, "newline": params.newline, "windows": len(windows),
-                "context_length": L, "scored_tokens": len(windows) * (L - 1)}
+        meta = {"dataset": params.dataset, "newline": params.newline, "unit": params.unit, "context_length": L}
+        if params.unit == "document":
+            items = document_items(params, session)
+            meta.update(documents=len(items), scored_tokens=sum(it["n_tokens"] for it in items))
+            return {"items": items, "meta": meta}
+        windows = token_windows(params, session)
+        items = []
+        for w, window in enumerate(windows):
+            text = session.detokenize(window[1:])
+            items.append({"id": f"w{w:04d}", "tokens": window, "n_bytes": len(text),
+                          "n_words": len(text.decode("utf-8", "ignore").split())})
+        meta.update(windows=len(windows), scored_tokens=len(windows) * (L - 1))
         return {"items": items, "meta": meta}
 
     def score(self, session, items: list[dict], params: PerplexityParams) -> list[dict[str, Any]]:
         records = []
         for item in items:
-            lp = session.token_logprobs(item["tokens"])
+            windows = item.get("windows") or [item["tokens"]]
+            sums = [float(session.token_logprobs(w).sum()) for w in windows]
             records.append({
                 "id": item["id"],
-                "prompt_hash": _hash_tokens(item["tokens"]),
-                "logprob_sum": float(lp.sum()),
-                "n_scored": int(lp.size),
+                "prompt_hash": _hash_tokens([t for w in windows for t in w]),
+                "logprob_sum": float(sum(sums)),
+                "n_scored": int(sum(len(w) - 1 for w in windows)),
                 "n_bytes": item["n_bytes"],
+                "n_words": item.get("n_words"),
+                **({"window_logprob_sums": sums} if len(windows) > 1 else {}),
             })
         return records
 
@@ -136,16 +192,21 @@ class PerplexitySuite(Suite):
         lp = np.array([r["logprob_sum"] for r in records], dtype=np.float64)
         n = np.array([r["n_scored"] for r in records], dtype=np.float64)
         nbytes = float(sum(r["n_bytes"] for r in records))
+        words = [r.get("n_words") for r in records]
         total_n = n.sum()
         nll = -lp.sum() / total_n
-        # standard error of the token-weighted mean NLL, windows as the sampling unit
-        per_window = -lp / n
+        # standard error of the token-weighted mean NLL, windows/documents as the sampling unit
+        per_unit = -lp / n
         k = len(records)
-        se_nll = float(np.sqrt(np.sum((n / total_n) ** 2 * (per_window - nll) ** 2) * k / max(k - 1, 1))) if k > 1 else None
+        se_nll = float(np.sqrt(np.sum((n / total_n) ** 2 * (per_unit - nll) ** 2) * k / max(k - 1, 1))) if k > 1 else None
         ppl = math.exp(nll)
-        return {
+        out = {
             "ppl": {"value": ppl, "stderr": ppl * se_nll if se_nll is not None else None, "n": k},
-            "nll": {"value": nll, "stderr": se_nll, "n": k},
-            "bits_per_byte": {"value": -lp.sum() / (math.log(2) * nbytes), "stderr": None, "n": k},
+            "nll": {"value": float(nll), "stderr": se_nll, "n": k},
+            "bits_per_byte": {"value": float(-lp.sum() / (math.log(2) * nbytes)), "stderr": None, "n": k},
+            "byte_perplexity": {"value": math.exp(-lp.sum() / nbytes), "stderr": None, "n": k},
             "tokens": {"value": float(total_n), "stderr": None, "n": k},
         }
+        if all(w for w in words):
+            out["word_perplexity"] = {"value": math.exp(-lp.sum() / float(sum(words))), "stderr": None, "n": k}
+        return out

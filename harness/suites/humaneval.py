@@ -1,0 +1,26 @@
+"""HumanEval pass@1 (greedy), scored by lm-eval; completions run only in harness.sandbox."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from harness.suites.lm_eval import LmEvalParams, LmEvalSuite
+
+
+class HumanEvalParams(LmEvalParams):
+    limit: int | None = Field(None, ge=1, description="problems scored; null: all 164")
+    max_gen_toks: int = Field(384, ge=16)
+
+
+class HumanEvalSuite(LmEvalSuite):
+    name = "humaneval"
+    Params = HumanEvalParams
+    version = "1"
+    task_yaml = "humaneval.yaml"
+    metrics = {"pass@1": "higher"}
+    metric_map = {("pass@1", "none"): "pass@1"}
+
+    def task_config(self, params: HumanEvalParams) -> dict:
+        cfg = super().task_config(params)
+        cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": params.max_gen_toks}
+        return cfg
