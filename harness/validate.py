@@ -166,4 +166,10 @@ def availability(plan: Plan) -> list[str]:
             why = reg.get(name)().unavailable()
             if why:
                 notes.append(why)
+    from harness.suites import REGISTRY as SUITES
+
+    for suite_name in dict.fromkeys(s.suite for s in plan.suites):
+        why = SUITES.get(suite_name)().unavailable()
+        if why:
+            notes.append(why)
     return notes

@@ -38,6 +38,8 @@ class Session:
 
     #: token ids that end a generation (EOS / end-of-turn)
     stop_token_ids: tuple[int, ...] = ()
+    #: the longest sequence (prompt + generation) this session holds
+    n_ctx: int = 2048
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -62,6 +64,11 @@ class Session:
         logp = self.token_distributions(ids)[len(context) - 1:]
         cont = np.asarray(continuation)
         return logp[np.arange(len(cont)), cont], bool((logp.argmax(1) == cont).all())
+
+    def next_token_distribution(self, context: list[int]) -> np.ndarray:
+        """Log-probabilities over the vocabulary of the token after ``context``."""
+        # a causal model's row for the last context position ignores the appended token
+        return self.token_distributions(list(context) + [0])[-1]
 
     def score_many(self, requests: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, is-greedy) per (context, continuation) request."""

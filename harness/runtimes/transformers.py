@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import MissingDependency
 from harness.registry import package_missing, package_version
-from harness.runtimes import Runtime, Session
+from harness.runtimes import Runtime, Session, cut_at_stop
 
 
 class TransformersParams(BaseModel):
@@ -41,10 +41,18 @@ def _quant_method(path: Path) -> str | None:
 
 
 class TransformersSession(Session):
-    def __init__(self, model, tokenizer, device: str):
+    def __init__(self, model, tokenizer, device: str, n_ctx: int, load_info: dict):
         self.model = model
         self.tok = tokenizer
         self.device = device
+        self.n_ctx = n_ctx
+        self._info = load_info
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.stop_token_ids = tuple(sorted({int(t) for t in [*eos, tokenizer.eos_token_id] if t is not None}))
+
+    def info(self) -> dict:
+        return dict(self._info)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
@@ -58,6 +66,35 @@ class TransformersSession(Session):
         with torch.inference_mode():
             logits = self.model(torch.tensor([ids], device=self.device)).logits[0, :-1]
             return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+
+    def next_token_distribution(self, context: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([context], device=self.device)).logits[0, -1]
+            return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+
+    def generate(self, prompt: list[int], max_new_tokens: int, stop: list[str]) -> str:
+        import torch
+
+        out: list[int] = []
+        text = ""
+        with torch.inference_mode():
+            res = self.model(torch.tensor([prompt], device=self.device), use_cache=True)
+            for _ in range(min(max_new_tokens, self.n_ctx - len(prompt))):
+                token = int(res.logits[0, -1].argmax())
+                if token in self.stop_token_ids:
+                    break
+                out.append(token)
+                text, stopped = cut_at_stop(self.tok.decode(out), stop)
+                if stopped:
+                    break
+                res = self.model(torch.tensor([[token]], device=self.device),
+                                 past_key_values=res.past_key_values, use_cache=True)
+        return text
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
         import torch
@@ -101,17 +138,28 @@ class TransformersRuntime(Runtime):
             torch.set_num_threads(params.n_threads)
         dtype = params.dtype if params.dtype == "auto" else getattr(torch, params.dtype)
         kwargs = {}
-        if params.dequantize and _quant_method(path) == "compressed-tensors":
+        quant_method = _quant_method(path)
+        info = {"quant_method": quant_method, "dtype": params.dtype, "device": params.device,
+                "weights": "dense"}
+        if quant_method == "compressed-tensors":
             from transformers import CompressedTensorsConfig
 
-            kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+            # dequantize=True: decompress once at load, plain dense matmuls afterwards;
+            # False: weights stay packed and are decompressed on every forward pass
+            kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=params.dequantize)
+            info["weights"] = "decompressed to dense at load" if params.dequantize else "packed"
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=params.trust_remote_code, **kwargs)
         # compressed-tensors checkpoints are decompressed to dense at load (transformers 5.x);
         # some formats (MXFP4/NVFP4) come back in their storage dtype: cast to the compute dtype.
-        if params.dtype != "auto":
+        if params.dtype != "auto" and params.dequantize:
             model = model.to(dtype)
         model = model.to(params.device)
         model.eval()
+        # what the forward pass really runs on: packed (compressed) parameters or dense weights
+        packed = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_parameters()
+                         if n.endswith(("weight_packed", "weight_scale")) or "packed" in n})
+        info["packed_parameters"] = packed
+        info["weights"] = "packed, decompressed on every forward" if packed else info["weights"]
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=params.trust_remote_code)
-        return TransformersSession(model, tok, params.device)
+        return TransformersSession(model, tok, params.device, n_ctx, info)
