@@ -103,7 +103,9 @@ class SessionLM(TemplateLM):
             (text,) = req.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.eot_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+                # lm-eval's windows hold max_seq_len + 1 tokens (the last is never an input);
+                # quantgate sessions take whole sequences of at most n_ctx tokens
+                max_seq_len=self.max_length - 1, context_len=1)]
             scores = self.session.score_many([(list(c), list(t)) for c, t in windows])
             total = float(sum(s for s, _ in scores))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)

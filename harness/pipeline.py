@@ -104,7 +104,7 @@ def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str
             t0 = time.perf_counter()
             records = suite.score(session, items, params)
             out[job["id"]] = {"prepared": prepared, "records": records,
-                              "seconds": round(time.perf_counter() - t0, 3)}
+                              "seconds": round(time.perf_counter() - t0, 3), "load_info": session.info()}
     finally:
         session.close()
     return out
@@ -184,16 +184,17 @@ class Runner:
         if why:
             raise RuntimeError(why)
         source = None
-        if quantizer.input_format:
-            if quantizer.input_format not in baseline_paths:
-                baseline_paths[quantizer.input_format] = Path(self._call(
-                    _derive_worker, self.plan.baseline.model, quantizer.input_format,
-                    log_name=f"baseline-derive-{quantizer.input_format}"))
-            source = str(baseline_paths[quantizer.input_format])
+        input_format = quantizer.input_format_for(params)
+        if input_format:
+            if input_format not in baseline_paths:
+                baseline_paths[input_format] = Path(self._call(
+                    _derive_worker, self.plan.baseline.model, input_format,
+                    log_name=f"baseline-derive-{input_format}"))
+            source = str(baseline_paths[input_format])
         calibration = cand.quantizer.calibration.model_dump() if cand.quantizer.calibration else None
         key_inputs = {
-            "baseline": baseline_key if quantizer.input_format else None,
-            "input_format": quantizer.input_format,
+            "baseline": baseline_key if input_format else None,
+            "input_format": input_format,
             "method": quantizer.name,
             "params": params.model_dump(),
             "calibration": calibration_identity(calibration),
@@ -255,7 +256,7 @@ class Runner:
                 if res["prepared"] is not None:
                     self.store.put_result(self.items[job["id"]]["key"], res["prepared"])
                     self.items[job["id"]].update(res["prepared"])
-                stored = {"records": res["records"], "seconds": res["seconds"]}
+                stored = {"records": res["records"], "seconds": res["seconds"], "load_info": res["load_info"]}
                 self.store.put_result(result_keys[job["id"]], stored)
                 rec["suites"][job["id"]] = {**stored, "result_key": result_keys[job["id"]], "reused": False}
         for spec in self.plan.suites:

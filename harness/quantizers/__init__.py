@@ -20,6 +20,7 @@ REGISTRY = Registry(
     {
         "gguf": "harness.quantizers.gguf:GGUFQuantizer",
         "prebuilt": "harness.quantizers.prebuilt:PrebuiltArtifact",
+        "unquantized": "harness.quantizers.unquantized:Unquantized",
         "llm-compressor": "harness.quantizers.llmcompressor:LLMCompressorQuantizer",
         "autoawq": "harness.quantizers.autoawq:AutoAWQQuantizer",
     },
@@ -58,6 +59,9 @@ class Quantizer:
 
     def output_format_for(self, params: BaseModel) -> str:
         return self.output_format
+
+    def input_format_for(self, params: BaseModel) -> str | None:
+        return self.input_format
 
     def requires_calibration(self, params: BaseModel) -> bool:
         return self.needs_calibration
