@@ -10,7 +10,6 @@ the two runtimes agree on the same weights.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
