@@ -1,4 +1,4 @@
-"""Sessions: tests, demo, bench, lint.
+"""Sessions: tests, demo, bench, nightly, lint (and vllm, in its own virtualenv).
 
 `tests` and `bench` install quantgate with every extra, `demo` with what the smoke
 plan needs, each into its own virtualenv. torch is pinned (==2.13.0, the CPU build on this project's machines);
@@ -49,9 +49,23 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Figures, not assertions: writes reports/bench/*.json (quantizers: every method, fresh store)."""
+    """Figures, not assertions: reports/bench/quantizers.json (every method, fresh store) and
+    reports/bench/runtimes.json (cross-runtime consistency, request throughput, suite times).
+    `nox -s bench -- runtimes` (or `quantizers`) runs one of them."""
+    # the server extra: lm-eval's gguf backend is compared against llama-cpp-python's server
+    session.install("-e", ".[all]", "llama-cpp-python[server]==0.3.36")
+    chosen = session.posargs or ["quantizers", "runtimes"]
+    for name in chosen:
+        session.run("python", f"benchmarks/{name}.py", env=_env())
+
+
+@nox.session(python=PYTHON)
+def nightly(session: nox.Session) -> None:
+    """configs/nightly.yaml: BF16 baseline vs GGUF, GPTQ, AWQ, FP8 on every suite (~1 h on 2 cores)."""
     session.install("-e", ".[all]")
-    session.run("python", "benchmarks/quantizers.py", *session.posargs, env=_env())
+    env = _env()
+    session.run("quantgate", "data", "fetch", env=env)
+    session.run("quantgate", "run", "configs/nightly.yaml", *session.posargs, env=env, success_codes=[0, 1])
 
 
 @nox.session(python=PYTHON)
