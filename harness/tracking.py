@@ -7,6 +7,7 @@ with no server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` selects a server.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ def _flat_params(prefix: str, obj: Any, out: dict[str, str]) -> None:
 
 
 def _metric_key(name: str) -> str:
-    return name.replace("/", "_")
+    # MLflow admits alphanumerics, _ - . space / in metric names; "/" would nest in its UI
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", name)
 
 
 def candidate_params(rec: dict) -> dict[str, str]:

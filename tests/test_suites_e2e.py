@@ -38,7 +38,7 @@ PLAN = {
         {"suite": "json-format", "name": "json", "params": {"limit": 4, "max_gen_toks": 96}},
     ],
     "gates": [{"name": "ppl", "kind": "max_increase_pct", "metric": "wiki-doc.ppl", "max_pct": 10}],
-    "tracking": {"enabled": False},
+    "tracking": {"experiment": "suites-e2e"},  # sqlite store in the run folder
 }
 
 
@@ -47,7 +47,7 @@ def results(qg_home, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("suites")
     plan = work / "plan.yaml"
     plan.write_text(yaml.safe_dump(PLAN, sort_keys=False))
-    proc = run_cli("run", str(plan), "--reports-dir", str(work / "reports"), "--no-tracking")
+    proc = run_cli("run", str(plan), "--reports-dir", str(work / "reports"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (run_dir,) = [p for p in (work / "reports").iterdir() if p.is_dir()]
     return json.loads((run_dir / "results.json").read_text())
@@ -86,7 +86,7 @@ def test_records_carry_responses_and_scores(results):
         assert set(r["scores"]) == {"exact_match_strict", "exact_match_flexible"}
         assert isinstance(r["response"], str) and "strict-match" in r["filtered"]
     for r in base["humaneval"]["records"]:
-        assert r["id"].startswith("HumanEval/") and r["scores"]["pass@1"] in (0.0, 1.0)
+        assert r["id"].startswith("HumanEval/") and r["scores"]["pass_at_1"] in (0.0, 1.0)
     for r in base["json"]["records"]:
         s = r["scores"]
         assert set(s) == {"parsed", "schema_valid", "field_match"}
@@ -125,3 +125,13 @@ def test_cached_results_are_reused(results, tmp_path):
     for rec in _all(again):
         assert all(s["reused"] for s in rec["suites"].values()), rec["name"]
     assert again["candidates"][1]["metrics"]["mmlu0.acc"] == results["candidates"][1]["metrics"]["mmlu0.acc"]
+
+
+def test_suite_metrics_reach_mlflow(results):
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(results["tracking"]["uri"])
+    exp = client.get_experiment_by_name("suites-e2e")
+    runs = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs([exp.experiment_id])}
+    q8 = runs["q8_0"].data.metrics
+    assert q8["humaneval.pass_at_1"] == results["candidates"][1]["metrics"]["humaneval.pass_at_1"]["value"]
+    assert {"mmlu0.acc", "gsm8k.exact_match_strict", "json.schema_valid", "wiki-doc.word_perplexity"} <= set(q8)

@@ -1,4 +1,4 @@
-"""HumanEval pass@1 (greedy), scored by lm-eval; completions run only in harness.sandbox."""
+"""HumanEval pass@1 (metric ``pass_at_1``, greedy), scored by lm-eval; completions run only in harness.sandbox."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ class HumanEvalSuite(LmEvalSuite):
     Params = HumanEvalParams
     version = "1"
     task_yaml = "humaneval.yaml"
-    metrics = {"pass@1": "higher"}
-    metric_map = {("pass@1", "none"): "pass@1"}
+    # quantgate's name (MLflow metric names admit no "@")
+    metrics = {"pass_at_1": "higher"}
+    metric_map = {("pass@1", "none"): "pass_at_1"}
 
     def task_config(self, params: HumanEvalParams) -> dict:
         cfg = super().task_config(params)
