@@ -56,6 +56,11 @@ def summary_markdown(results: dict) -> str:
     for r in results["candidates"]:
         for v in r["verdicts"]:
             lines.append(f"- **{r['name']}** `{v['gate']}`: {v['verdict']} — {v['reason']}")
+    # every metric, one row each (suites and probes), candidates as columns
+    lines += ["", "## All metrics", "", "| metric | " + " | ".join(r["name"] for r in recs) + " |",
+              "|---|" + "---|" * len(recs)]
+    for name in metric_names:
+        lines.append(f"| {name} | " + " | ".join(_num(r["metrics"].get(name)) for r in recs) + " |")
     m = results["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} CPUs, {m['memory_gib']} GiB; "
               f"wall time {results['wall_seconds']} s.", ""]
