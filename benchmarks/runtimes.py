@@ -98,21 +98,26 @@ def loglikelihood_throughput(llama, gguf: Path, threads: int, n_items: int) -> d
     out = {"requests": len(reqs), "items": n_items,
            "in_process": {"seconds": round(t_ours, 3), "requests_per_second": len(reqs) / t_ours}}
     port = _free_port()
+    # the server's log goes to a file: llama.cpp logs a lot at load, and a full pipe would block it
+    log_path = ROOT / "reports" / "bench" / "llama_cpp_server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--logits_all", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         import requests
 
-        for _ in range(240):
+        deadline = time.monotonic() + 600
+        while True:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).ok:
+                if requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).ok:
                     break
             except requests.RequestException:
                 time.sleep(0.5)
-            if server.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {server.stderr.read()[-2000:]}")
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not start; see {log_path}")
         from lm_eval.models.gguf import GGUFLM
 
         theirs_lm = GGUFLM(base_url=f"http://127.0.0.1:{port}")
@@ -125,6 +130,7 @@ def loglikelihood_throughput(llama, gguf: Path, threads: int, n_items: int) -> d
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
     n_doc = len(prep["items"])
 
     def choices(res):
