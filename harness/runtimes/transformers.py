@@ -147,7 +147,6 @@ class TransformersRuntime(Runtime):
             # dequantize=True: decompress once at load, plain dense matmuls afterwards;
             # False: weights stay packed and are decompressed on every forward pass
             kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=params.dequantize)
-            info["weights"] = "decompressed to dense at load" if params.dequantize else "packed"
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=params.trust_remote_code, **kwargs)
         # compressed-tensors checkpoints are decompressed to dense at load (transformers 5.x);
@@ -156,10 +155,14 @@ class TransformersRuntime(Runtime):
             model = model.to(dtype)
         model = model.to(params.device)
         model.eval()
-        # what the forward pass really runs on: packed (compressed) parameters or dense weights
-        packed = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_parameters()
-                         if n.endswith(("weight_packed", "weight_scale")) or "packed" in n})
+        # what the forward pass really runs on: packed integer/FP8 weights (decompressed by
+        # compressed-tensors inside every forward) or dense floating-point weights
+        stored = {n: p for n, p in model.named_parameters() if n.endswith(("weight", "weight_packed"))}
+        packed = sorted({n.rsplit(".", 1)[-1] + ":" + str(p.dtype).replace("torch.", "") for n, p in stored.items()
+                         if n.endswith("weight_packed") or not p.dtype.is_floating_point
+                         or "float8" in str(p.dtype)})
         info["packed_parameters"] = packed
-        info["weights"] = "packed, decompressed on every forward" if packed else info["weights"]
+        info["weights"] = "packed, decompressed on every forward" if packed else (
+            "decompressed to dense at load" if quant_method == "compressed-tensors" else "dense")
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=params.trust_remote_code)
         return TransformersSession(model, tok, params.device, n_ctx, info)
