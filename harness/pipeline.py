@@ -339,16 +339,6 @@ class Runner:
             records.append(rec)
 
         policy = plan.policy()
-        base["verdicts"] = [v for v in gates.evaluate_policy(policy, base["metrics"], base["metrics"])
-                            if v["kind"] in ("max_value", "min_value")]
-        base["verdict"] = gates.overall(base["status"], base["verdicts"])
-        for rec in records:
-            rec["verdicts"] = gates.evaluate_policy(policy, rec["metrics"], base["metrics"])
-            rec["verdict"] = gates.overall(rec["status"], rec["verdicts"])
-        code = gates.exit_code([r["verdict"] for r in records], policy.inconclusive_blocks)
-        if base["status"] != "ok":
-            code = 2
-
         results = {
             "schema": RESULTS_SCHEMA,
             "run_id": self.run_id,
@@ -363,8 +353,8 @@ class Runner:
             "environment": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "QUANTGATE_DATA") if k in os.environ},
             "baseline": base,
             "candidates": records,
-            "approved": [r["name"] for r in records if r["verdict"] == gates.PASS],
-            "exit_code": code,
+            "approved": [],
+            "exit_code": None,
             "tracking": None,
         }
-        return results
+        return gates.decide(results, policy)

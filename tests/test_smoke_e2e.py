@@ -53,7 +53,7 @@ def test_every_candidate_scored_identical_windows(smoke_runs):
     keys = {r["suites"]["wikitext2"]["items_key"] for r in recs}
     assert len(keys) == 1
     hashes = [[x["prompt_hash"] for x in r["suites"]["wikitext2"]["records"]] for r in recs]
-    assert all(h == hashes[0] for h in hashes) and len(hashes[0]) == 8
+    assert all(h == hashes[0] for h in hashes) and len(hashes[0]) == 16
     assert res["baseline"]["suites"]["wikitext2"]["meta"]["newline"] == "lf"
     assert all(x["n_scored"] == 511 for x in res["baseline"]["suites"]["wikitext2"]["records"])
 

@@ -35,7 +35,8 @@ def _policy(*gate_dicts, **kw):
 
 
 def _m(**values):
-    return {k.replace("__", "."): {"value": v} for k, v in values.items()}
+    """A result record with measured values only (no per-item records)."""
+    return {"metrics": {k.replace("__", "."): {"value": v} for k, v in values.items()}}
 
 
 def test_gate_kinds_decide_and_explain():
