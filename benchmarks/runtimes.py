@@ -215,6 +215,8 @@ def main() -> int:
                     "command": " ".join(sys.argv)}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.skip and out_path.is_file():  # a partial re-run keeps the other sections' figures
+        result = {**json.loads(out_path.read_text()), **result}
 
     def save():
         out_path.write_text(json.dumps(result, indent=1))
