@@ -73,4 +73,11 @@ def write_reports(results: dict, run_dir: Path) -> dict[str, Path]:
     summary.write_text(summary_markdown(results))
     out = run_dir / "results.json"
     write_json_atomic(out, results)
-    return {"summary": summary, "results": out}
+    paths: dict = {"summary": summary, "results": out}
+    try:  # report.html (figures) last: a plot that fails must never cost the results above
+        from harness.report.html import write_html
+
+        paths["html"] = write_html(results, run_dir)
+    except Exception as exc:
+        paths["html_error"] = f"{type(exc).__name__}: {exc}"
+    return paths
