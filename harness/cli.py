@@ -71,6 +71,7 @@ def cmd_run(args) -> int:
     print()
     print("approved: " + (", ".join(results["approved"]) or "(none)"))
     print(f"report: {paths['summary']}  results: {paths['results']}")
+    print(f"html: {paths['html']}" if paths.get("html") else f"note: report.html failed: {paths.get('html_error')}")
     print(f"exit code {results['exit_code']}")
     return results["exit_code"]
 
