@@ -1,0 +1,375 @@
+"""MLflow logging against a real ``mlflow server``: the smoke plan through the CLI, read back.
+
+Three runs of the smoke plan log to one server: the plan as shipped (Q2_K fails its gate:
+exit 1, not accepted), then twice a copy without Q2_K under a lenient inline policy
+(exit 0, accepted). What is read back through ``MlflowClient``: the parent and its
+children, metrics with standard errors, params, gate tags, the per-item tables, figures and
+report files; ``harness.history`` finds the last accepted run and each metric's trend; the
+MLflow UI (headless Chromium) shows each candidate with its verdict. The server is killed
+with its whole process group at the end, and no MLflow process may survive it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import types
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli
+from tests.mlflow_server import (
+    _processes,
+    free_port,
+    mlflow_server,  # noqa: F401  (the session fixture)
+)
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("mlflow")
+
+EXPERIMENT = "quantgate-smoke-server"
+CHROMIUM = "/usr/bin/chromium"
+LENIENT = {"name": "lenient", "inconclusive_blocks": False,
+           "gates": [{"name": "ppl-increase", "kind": "max_increase_pct", "metric": "wikitext2.ppl", "max_pct": 50}]}
+
+
+def _plan(uri: str, accepted: bool) -> dict:
+    plan = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    plan["tracking"] = {"uri": uri, "experiment": EXPERIMENT}
+    if accepted:  # no planted failure, and no INCONCLUSIVE that could block
+        plan["candidates"] = [c for c in plan["candidates"] if c["name"] != "q2_k"]
+        plan["gates"] = LENIENT
+    return plan
+
+
+@pytest.fixture(scope="module")
+def runs(qg_home, mlflow_server, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("mlflow-runs")
+    out = []
+    for label, accepted in (("shipped", False), ("accepted-1", True), ("accepted-2", True)):
+        plan_file = work / f"{label}.yaml"
+        plan_file.write_text(yaml.safe_dump(_plan(mlflow_server.uri, accepted), sort_keys=False))
+        reports = work / label
+        t0 = time.monotonic()
+        proc = run_cli("run", str(plan_file), "--reports-dir", str(reports))
+        seconds = round(time.monotonic() - t0, 1)
+        (run_dir,) = [p for p in reports.iterdir() if p.is_dir()]
+        results = json.loads((run_dir / "results.json").read_text())
+        print(f"{label}: exit {proc.returncode} in {seconds} s; tracking {results.get('tracking')}")
+        out.append({"label": label, "proc": proc, "seconds": seconds, "run_dir": run_dir, "results": results})
+    return out
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _records(results: dict) -> list[dict]:
+    return [results["baseline"], *results["candidates"]]
+
+
+def test_item_table_and_param_shapes():
+    from harness.tracking import (
+        MAX_PARAM_VALUE,
+        RESPONSE_CHARS,
+        _metric_key,
+        candidate_params,
+        item_table,
+    )
+
+    fidelity = [{"id": "w0000", "prompt_hash": "ab", "kl": [0.1, 0.3], "dp": [-0.02, 0.04], "same_top": 5, "n": 7,
+                 "ref_tail_mass": 0.02}]
+    t = item_table("q4", fidelity)
+    assert t["id"] == ["w0000"] and t["kl_mean"] == [pytest.approx(0.2)] and t["dp_mean"] == [pytest.approx(0.01)]
+    assert t["same_top"] == [5] and t["n"] == [7] and "kl" not in t
+    lm = [{"id": "mmlu-1", "prompt_hash": "cd", "target": "2", "response": [[-1.5, False], [-0.5, True]],
+           "scores": {"acc": 1.0}},
+          {"id": "he-1", "prompt_hash": "ef", "target": "x", "response": "y" * 10_000, "scores": {"pass_at_1": 0.0},
+           "filtered": {"strict-match": "3"}}]
+    t = item_table("q4", lm)
+    assert json.loads(t["response"][0]) == [[-1.5, False], [-0.5, True]]
+    assert len(t["response"][1]) <= RESPONSE_CHARS
+    assert t["acc"] == [1.0, None] and t["pass_at_1"] == [None, 0.0]
+    assert json.loads(t["filtered"][1]) == {"strict-match": "3"}
+    assert len({len(col) for col in t.values()}) == 1
+    rec = {"role": "candidate", "quantizer": {"method": "prebuilt", "params": {"path": "/m" * 5000, "format": "gguf"}},
+           "runtime": None, "artifact": None}
+    params = candidate_params(rec)
+    assert params["scheme"] == "gguf" and len(params["quantizer.params.path"]) <= MAX_PARAM_VALUE
+    assert _metric_key("humaneval.pass@1") == "humaneval.pass_1" and not _metric_key("..x").startswith(".")
+
+
+def test_server_started(mlflow_server):  # noqa: F811
+    print(f"mlflow server {mlflow_server.uri} healthy after {mlflow_server.startup_seconds} s")
+    assert mlflow_server.proc.poll() is None
+    assert mlflow_server.ours(), "no process of the server found"
+
+
+def test_cli_logs_to_the_server(runs, mlflow_server):  # noqa: F811
+    codes = [r["proc"].returncode for r in runs]
+    assert codes == [1, 0, 0], [r["proc"].stdout[-3000:] + r["proc"].stderr[-3000:] for r in runs]
+    for r in runs:
+        tr = r["results"]["tracking"]
+        assert "error" not in tr, tr
+        assert tr["uri"] == mlflow_server.uri
+        assert tr["errors"] == [], tr["errors"]
+        assert f"MLflow: {mlflow_server.uri}" in r["proc"].stdout
+        assert tr["ui_url"] == f"{mlflow_server.uri}/#/experiments/{tr['experiment_id']}/runs/{tr['parent_run_id']}"
+        assert set(tr["child_run_ids"]) == {rec["name"] for rec in _records(r["results"])}
+        assert tr["accepted"] is (r["results"]["exit_code"] == 0)
+
+
+def test_parent_and_children(runs, mlflow_server):  # noqa: F811
+    res = runs[0]["results"]
+    tr = res["tracking"]
+    client = _client(mlflow_server.uri)
+    parent = client.get_run(tr["parent_run_id"])
+    assert parent.info.run_name == res["run_id"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["quantgate.plan"] == "smoke"
+    assert parent.data.tags["quantgate.accepted"] == "false"
+    assert parent.data.tags["exit_code"] == "1"
+    assert parent.data.tags["approved"] == (",".join(res["approved"]) or "(none)")
+    assert parent.data.params["candidates"] == "q8_0,q4_k_m,q2_k"
+    children = client.search_runs([tr["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {c.info.run_name for c in children} == {"f16", "q8_0", "q4_k_m", "q2_k"}
+    accepted = client.get_run(runs[1]["results"]["tracking"]["parent_run_id"])
+    assert accepted.data.tags["quantgate.accepted"] == "true"
+
+
+def test_child_metrics_params_tags(runs, mlflow_server):  # noqa: F811
+    from harness.tracking import _metric_key
+
+    res = runs[0]["results"]
+    tr = res["tracking"]
+    client = _client(mlflow_server.uri)
+    for rec in _records(res):
+        run = client.get_run(tr["child_run_ids"][rec["name"]])
+        m, p, t = run.data.metrics, run.data.params, run.data.tags
+        ppl = rec["metrics"]["wikitext2.ppl"]
+        assert m["wikitext2.ppl"] == pytest.approx(ppl["value"])
+        assert m["wikitext2.ppl.stderr"] == pytest.approx(ppl["stderr"])
+        for name, v in rec["metrics"].items():  # every metric, probes included
+            if v.get("value") is not None:
+                assert m[_metric_key(name)] == pytest.approx(v["value"]), name
+        assert t["verdict"] == rec["verdict"] and t["status"] == rec["status"]
+        assert t["quantgate.role"] == rec["role"]
+        for v in rec["verdicts"]:
+            assert t[f"gate.{v['gate']}"] == v["verdict"]
+        assert p["runtime"] == "llama-cpp" and p["runtime.n_threads"] == "2"
+        assert p["versions.runtime.llama-cpp-python"] == rec["runtime"]["versions"]["llama-cpp-python"]
+        assert p["artifact.key"] == rec["artifact"]["key"]
+        if rec["role"] == "candidate":
+            manifest = rec["artifact"]["manifest"]
+            assert p["method"] == "gguf"
+            assert p["scheme"] == rec["quantizer"]["params"]["type"] == p["quantizer.params.type"]
+            assert p["bits"] == f"{manifest['bits_per_weight']:.3f}"
+            assert p["calibration"] == "none"
+            for pkg, version in manifest["key_inputs"]["versions"].items():
+                assert p[f"versions.quantizer.{pkg}"] == version
+        else:
+            assert p["method"] == "baseline"
+    q2 = client.get_run(tr["child_run_ids"]["q2_k"])
+    assert q2.data.tags["gate.ppl-increase"] == "FAIL" and q2.data.tags["verdict"] == "FAIL"
+
+
+def test_item_tables(runs, mlflow_server, monkeypatch):  # noqa: F811
+    from mlflow.artifacts import download_artifacts
+
+    res = runs[0]["results"]
+    tr = res["tracking"]
+    by_run = {}
+    for rec in _records(res):
+        cid = tr["child_run_ids"][rec["name"]]
+        assert tr["tables"][rec["name"]] == ["items/wikitext2.json"]
+        path = download_artifacts(run_id=cid, artifact_path="items/wikitext2.json", tracking_uri=mlflow_server.uri,
+                                  dst_path=str(runs[0]["run_dir"] / "dl" / rec["name"]))
+        table = json.loads(Path(path).read_text())  # pandas "split" orientation
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        records = rec["suites"]["wikitext2"]["records"]
+        assert [r["id"] for r in rows] == [r["id"] for r in records]
+        assert [r["prompt_hash"] for r in rows] == [r["prompt_hash"] for r in records]
+        for row, r in zip(rows, records, strict=True):
+            assert row["logprob_sum"] == pytest.approx(r["logprob_sum"])
+            assert row["n_scored"] == r["n_scored"] and row["n_bytes"] == r["n_bytes"]
+            assert row["candidate"] == rec["name"]
+        by_run[cid] = [r["id"] for r in records]
+    # MlflowClient.load_table resolves runs through the fluent API, i.e. the global tracking URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    df = _client(mlflow_server.uri).load_table(tr["experiment_id"], "items/wikitext2.json",
+                                               run_ids=list(by_run), extra_columns=["run_id"])
+    for cid, ids in by_run.items():
+        assert list(df[df["run_id"] == cid]["id"]) == ids
+
+
+def test_report_files_and_figures(runs, mlflow_server):  # noqa: F811
+    res, run_dir = runs[0]["results"], runs[0]["run_dir"]
+    tr = res["tracking"]
+    client = _client(mlflow_server.uri)
+    logged = {f.path for f in client.list_artifacts(tr["parent_run_id"])}
+    assert {"summary.md", "results.json"} <= logged
+    for name in ("summary.md", "results.json", "report.html"):
+        if (run_dir / name).is_file():  # report.html where the report writes one
+            assert name in logged, name
+    assert {"summary.md", "results.json"} <= set(tr["artifacts"])
+    dst = run_dir / "dl-parent"
+    got = json.loads(Path(client.download_artifacts(tr["parent_run_id"], "results.json", str(dst))).read_text())
+    assert got["run_id"] == res["run_id"]
+    assert client.get_run(tr["parent_run_id"]).data.tags["mlflow.note.content"].startswith("# quantgate: smoke")
+    if importlib.util.find_spec("harness.report.figures") is None:
+        assert tr["figures"] == []
+        pytest.skip("harness.report.figures is not installed: no figures to check")
+    figures = {f.path for f in client.list_artifacts(tr["parent_run_id"], "figures")}
+    assert "figures/pareto.png" in figures and set(tr["figures"]) == figures
+    png = Path(client.download_artifacts(tr["parent_run_id"], "figures/pareto.png", str(dst)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_history(runs, mlflow_server):  # noqa: F811
+    from harness import history
+
+    shipped, acc1, acc2 = (r["results"] for r in runs)
+    last = history.last_accepted(mlflow_server.uri, EXPERIMENT, "smoke")
+    assert last["run_id"] == acc2["tracking"]["parent_run_id"]
+    assert last["quantgate_run_id"] == acc2["run_id"] and last["exit_code"] == 0
+    assert set(last["metrics"]) == {"f16", "q8_0", "q4_k_m"}
+    for rec in _records(acc2):
+        assert last["metrics"][rec["name"]]["wikitext2.ppl"] == pytest.approx(rec["metrics"]["wikitext2.ppl"]["value"])
+        assert last["verdicts"][rec["name"]] == rec["verdict"]
+    assert history.results_json(mlflow_server.uri, last["run_id"])["run_id"] == acc2["run_id"]
+
+    tr = history.trend(mlflow_server.uri, EXPERIMENT, "smoke", limit=30)
+    runs_order = [shipped, acc1, acc2]
+    assert [r["run_id"] for r in tr["runs"]] == [r["tracking"]["parent_run_id"] for r in runs_order]
+    assert [r["accepted"] for r in tr["runs"]] == [False, True, True]
+    assert [r["start_time"] for r in tr["runs"]] == sorted(r["start_time"] for r in tr["runs"])
+    q8 = tr["series"]["q8_0"]["wikitext2.ppl"]
+    assert [p["run_id"] for p in q8] == [r["tracking"]["parent_run_id"] for r in runs_order]
+    for point, res in zip(q8, runs_order, strict=True):
+        m = next(c for c in res["candidates"] if c["name"] == "q8_0")["metrics"]["wikitext2.ppl"]
+        assert point["value"] == pytest.approx(m["value"]) and point["stderr"] == pytest.approx(m["stderr"])
+    assert len(tr["series"]["q2_k"]["wikitext2.ppl"]) == 1  # only the shipped plan had it
+    assert "wikitext2.ppl.stderr" not in tr["series"]["q8_0"]
+    assert len(history.trend(mlflow_server.uri, EXPERIMENT, "smoke", limit=2)["runs"]) == 2
+    assert history.last_accepted(mlflow_server.uri, EXPERIMENT, "no-such-plan") is None
+    assert history.last_accepted(mlflow_server.uri, "no-such-experiment", "smoke") is None
+
+
+def test_figure_failure_is_recorded_not_raised(runs, mlflow_server, monkeypatch):  # noqa: F811
+    from harness.config import TrackingSpec
+    from harness.tracking import log_run
+
+    def broken(results):
+        raise RuntimeError("planted figure failure")
+
+    fake = types.ModuleType("harness.report.figures")
+    fake.pareto = broken
+    fake.suite_bars = lambda results: [("wikitext2", object())]  # not a figure: log_figure fails
+    monkeypatch.setitem(sys.modules, "harness.report.figures", fake)
+    import harness.report
+
+    monkeypatch.setattr(harness.report, "figures", fake, raising=False)
+    res = runs[0]["results"]
+    out = log_run(res, TrackingSpec(uri=mlflow_server.uri, experiment=EXPERIMENT + "-figure-failure"), runs[0]["run_dir"])
+    whats = [e["what"] for e in out["errors"]]
+    assert "figure pareto" in whats and "figure figures/wikitext2.png" in whats, out["errors"]
+    assert "planted figure failure" in out["errors"][whats.index("figure pareto")]["error"]
+    assert set(out["child_run_ids"]) == {r["name"] for r in _records(res)}
+    assert {"summary.md", "results.json"} <= set(out["artifacts"])
+    parent = _client(mlflow_server.uri).get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["quantgate.logging_errors"] == str(len(whats))
+
+
+def test_unreachable_server_raises(runs):
+    from harness.config import TrackingSpec
+    from harness.tracking import TrackingUnreachable, log_run
+
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnreachable, match="cannot reach the MLflow tracking server"):
+        log_run(runs[0]["results"], TrackingSpec(uri=f"http://127.0.0.1:{free_port()}", experiment="x"),
+                runs[0]["run_dir"])
+    assert time.monotonic() - t0 < 30  # one request, not MLflow's retries with backoff
+
+
+def _playwright():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    return sync_playwright
+
+
+def test_ui_shows_candidates_and_verdicts(runs, mlflow_server, tmp_path_factory):  # noqa: F811
+    sync_playwright = _playwright()
+    res = runs[0]["results"]
+    tr = res["tracking"]
+    # the experiment's runs table, filtered to this execution (parent + children)
+    url = tr["experiment_url"] + "&searchFilter=" + urllib.parse.quote(f"tags.`quantgate.run_id` = '{res['run_id']}'")
+    shot = tmp_path_factory.mktemp("ui") / "mlflow-runs.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_text("matching runs").wait_for()
+            assistant = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
+            if assistant.count():
+                assistant.first.click()
+            # child runs are nested under the parent: expand it
+            page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+            page.get_by_text("q2_k", exact=True).wait_for()
+            # add the verdict tag, the perplexity metric and the bits param as columns
+            page.get_by_role("button", name="Columns", exact=True).click()
+            selector = page.locator("[data-component-id='mlflow.experiment_page.runs_table.column_selector']")
+            for col in ("verdict", "wikitext2.ppl", "bits"):
+                page.get_by_placeholder("Search columns").fill(col)
+                node = selector.locator(".du-bois-light-tree-treenode").filter(
+                    has_text=re.compile(f"^{re.escape(col)}$"))  # not wikitext2.ppl.stderr
+                node.locator(".du-bois-light-tree-checkbox").click()
+            page.keyboard.press("Escape")
+            page.locator(".ag-header-cell-text, [role=columnheader]", has_text="verdict").first.wait_for()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shot), full_page=True)
+            rows: dict[str, str] = {}  # ag-grid splits a row into pinned and scrolled parts
+            parts = page.locator(".ag-pinned-left-cols-container .ag-row, .ag-center-cols-container .ag-row")
+            for i in range(parts.count()):
+                part = parts.nth(i)
+                idx = part.get_attribute("row-index")
+                rows[idx] = rows.get(idx, "") + " | " + part.inner_text().replace("\n", " | ")
+        finally:
+            browser.close()
+    print(f"screenshot: {shot}")
+    for line in rows.values():
+        print(line)
+    cells = [[c.strip() for c in line.split("|")] for line in rows.values()]
+    for rec in _records(res):
+        row = [c for c in cells if rec["name"] in c]
+        assert len(row) == 1, (rec["name"], rows)
+        assert rec["verdict"] in row[0], (rec["name"], rec["verdict"], row[0])
+    keep = os.environ.get("QUANTGATE_UI_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+
+
+def test_server_stops_without_survivors(mlflow_server):  # noqa: F811
+    pgid = mlflow_server.proc.pid
+    survivors = mlflow_server.stop()
+    assert not survivors, survivors
+    assert mlflow_server.proc.poll() is not None
+    leftover = [p for p in _processes() if p[1] == pgid or mlflow_server.marker in p[2]]
+    assert not leftover, leftover
