@@ -301,6 +301,20 @@ def test_unreachable_server_raises(runs):
     assert time.monotonic() - t0 < 30  # one request, not MLflow's retries with backoff
 
 
+def test_cli_exit_2_when_the_server_is_unreachable(runs, tmp_path):
+    """The run itself completes (artifacts and results reused from the store); logging fails: exit 2."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(_plan(uri, accepted=True), sort_keys=False))
+    proc = run_cli("run", str(plan_file), "--reports-dir", str(tmp_path / "reports"))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"MLflow logging failed: TrackingUnreachable: cannot reach the MLflow tracking server at {uri}" in proc.stderr
+    (run_dir,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["exit_code"] == 2 and "cannot reach" in results["tracking"]["error"]
+    assert [c["verdict"] for c in results["candidates"]] == ["PASS", "PASS"]  # measured and kept
+
+
 def _playwright():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
