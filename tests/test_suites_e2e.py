@@ -37,7 +37,10 @@ PLAN = {
         {"suite": "humaneval", "params": {"limit": 3, "max_gen_toks": 96}},
         {"suite": "json-format", "name": "json", "params": {"limit": 4, "max_gen_toks": 96}},
     ],
-    "gates": [{"name": "ppl", "kind": "max_increase_pct", "metric": "wiki-doc.ppl", "max_pct": 10}],
+    # one document cannot decide a paired gate (10+ needed): INCONCLUSIVE, reported, not blocking
+    "gates": {"inconclusive_blocks": False,
+              "gates": [{"name": "ppl", "kind": "max_increase_pct", "metric": "wiki-doc.ppl", "max_pct": 10},
+                        {"name": "mmlu", "kind": "max_drop", "metric": "mmlu0.acc", "max": 0.05}]},
     "tracking": {"experiment": "suites-e2e"},  # sqlite store in the run folder
 }
 
@@ -113,6 +116,15 @@ def test_same_weights_agree_across_runtimes(results):
         by["f16"]["suites"]["gsm8k"]["records"], by["bf16-hf"]["suites"]["gsm8k"]["records"], strict=True))
     assert same >= 1
     assert by["bf16-hf"]["suites"]["mmlu0"]["load_info"]["weights"] == "dense"
+
+
+def test_small_samples_are_inconclusive_not_pass(results):
+    for rec in results["candidates"]:
+        verdicts = {v["gate"]: v for v in rec["verdicts"]}
+        assert verdicts["ppl"]["verdict"] == "INCONCLUSIVE" and verdicts["ppl"]["n"] == 1
+        assert verdicts["mmlu"]["verdict"] == "INCONCLUSIVE" and verdicts["mmlu"]["needed_n"] > 12
+        assert rec["verdict"] == "INCONCLUSIVE"
+    assert results["exit_code"] == 0 and results["approved"] == []
 
 
 def test_cached_results_are_reused(results, tmp_path):
