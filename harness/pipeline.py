@@ -280,10 +280,35 @@ class Runner:
             for m, v in figures.items():
                 rec["metrics"][f"{probe}.{m}"] = {"value": v, "stderr": None, "n": 1}
 
+    def _plan_memory(self, rec: dict, runtime_spec) -> None:
+        """The memory-fit planner's prediction for this artifact, beside what was measured."""
+        from harness import planner
+
+        n_ctx = max([2048] + [self._suite(s)[0].context_length(self._suite(s)[1]) for s in self.plan.suites])
+        try:
+            p = planner.plan_memory(rec["artifact"]["path"], None, context=n_ctx,
+                                    runtime=runtime_spec.name if runtime_spec.name in planner.RUNTIMES else None)
+        except Exception as exc:  # a prediction is a bonus: never lose the record over it
+            rec["planner"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        out = {"context": n_ctx, "runtime": p["runtime"], "weights_gib": p["weights"]["gib"],
+               "bits_per_weight": p["weights"]["bits_per_weight"], "kv_cache_gib": p["kv_cache"]["gib"],
+               "reserve_gib": p["reserve"]["gib"], "total_gib": p["total"]["gib"], "exact": p.get("exact"),
+               "notes": p.get("notes", [])}
+        size = rec["metrics"].get("size.gib", {}).get("value")
+        if size:  # weights: prediction vs the artifact on disk (the files include metadata)
+            out["weights_error_pct"] = 100.0 * (out["weights_gib"] - size) / size
+        rss = rec["metrics"].get("memory.peak_rss_gib", {}).get("value")
+        if rss:  # CPU runs: weights + KV vs the measured peak RSS (the reserve is a GPU figure)
+            out["weights_plus_kv_vs_peak_rss_pct"] = 100.0 * (out["weights_gib"] + out["kv_cache_gib"] - rss) / rss
+        rec["planner"] = out
+        for k in ("weights_gib", "kv_cache_gib", "total_gib"):
+            rec["metrics"][f"planner.{k}"] = {"value": out[k], "stderr": None, "n": 1}
+
     # ---- the run
     def _new_record(self, name: str, role: str) -> dict:
         return {"name": name, "role": role, "status": "ok", "error": None, "quantizer": None,
-                "runtime": None, "artifact": None, "suites": {}, "metrics": {}, "probes": {},
+                "runtime": None, "artifact": None, "suites": {}, "metrics": {}, "probes": {}, "planner": None,
                 "verdicts": [], "verdict": None, "seconds": None}
 
     def _guard(self, rec: dict, stage: str, fn, *args) -> bool:
@@ -321,6 +346,7 @@ class Runner:
             baseline_key = base["artifact"]["key"].rsplit("-", 1)[0]
             if self._guard(base, "evaluate", self._evaluate, base, plan.baseline.runtime, True):
                 self._guard(base, "probe", self._probe, base, plan.baseline.runtime)
+            self._plan_memory(base, plan.baseline.runtime)
         base["seconds"] = round(time.perf_counter() - t0, 2)
 
         records = []
@@ -335,6 +361,7 @@ class Runner:
             elif self._guard(rec, "produce", self._produce, rec, cand, baseline_paths, baseline_key):
                 if self._guard(rec, "evaluate", self._evaluate, rec, cand.runtime, False):
                     self._guard(rec, "probe", self._probe, rec, cand.runtime)
+                self._plan_memory(rec, cand.runtime)
             rec["seconds"] = round(time.perf_counter() - t0, 2)
             records.append(rec)
 

@@ -140,3 +140,13 @@ def test_gate_and_compare_commands_redecide_a_stored_run(smoke_runs, tmp_path):
     assert c.returncode == 0 and "| q2_k | wikitext2.ppl |" in c.stdout
     bad = run_cli("gate", str(tmp_path / "nowhere"), env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_planner_prediction_beside_measurement(smoke_runs):
+    res = _results(smoke_runs[2][0])
+    for rec in [res["baseline"], *res["candidates"]]:
+        plan = rec["planner"]
+        assert plan["runtime"] == "llama-cpp" and plan["exact"] is True
+        # tensor bytes predicted vs the file on disk (which adds metadata and the tokenizer)
+        assert abs(plan["weights_error_pct"]) < 5, (rec["name"], plan)
+        assert rec["metrics"]["planner.total_gib"]["value"] > plan["weights_gib"]
