@@ -21,9 +21,4 @@ class Gsm8kSuite(LmEvalSuite):
     metrics = {"exact_match_strict": "higher", "exact_match_flexible": "higher"}
     metric_map = {("exact_match", "strict-match"): "exact_match_strict",
                   ("exact_match", "flexible-extract"): "exact_match_flexible"}
-
-    def task_config(self, params: Gsm8kParams) -> dict:
-        cfg = super().task_config(params)
-        cfg["num_fewshot"] = params.num_fewshot
-        cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": params.max_gen_toks}
-        return cfg
+    fewshot_by_lm_eval = True

@@ -20,8 +20,3 @@ class HumanEvalSuite(LmEvalSuite):
     # quantgate's name (MLflow metric names admit no "@")
     metrics = {"pass_at_1": "higher"}
     metric_map = {("pass@1", "none"): "pass_at_1"}
-
-    def task_config(self, params: HumanEvalParams) -> dict:
-        cfg = super().task_config(params)
-        cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": params.max_gen_toks}
-        return cfg

@@ -40,8 +40,3 @@ class JsonFormatSuite(LmEvalSuite):
         path = Path(params.cases).expanduser() if params.cases else REPO_SUITES / "json_format" / "cases.jsonl"
         return {**super().data_identity(params),
                 "cases_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}
-
-    def task_config(self, params: JsonFormatParams) -> dict:
-        cfg = super().task_config(params)
-        cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": params.max_gen_toks}
-        return cfg

@@ -49,6 +49,8 @@ class LmEvalSuite(Suite):
     chat_template: ClassVar[bool] = False
     #: document field that stratifies the subset (round-robin over its values)
     stratify_by: ClassVar[str | None] = None
+    #: params.num_fewshot goes to lm-eval's sampler (MMLU builds its own per-subject shots)
+    fewshot_by_lm_eval: ClassVar[bool] = False
 
     def unavailable(self) -> str | None:
         from harness.registry import package_missing
@@ -70,6 +72,11 @@ class LmEvalSuite(Suite):
             raise FileNotFoundError(f"lm-eval task file not found: {path}")
         cfg = load_yaml(path, resolve_func=True)
         cfg["dataset_kwargs"] = {**(cfg.get("dataset_kwargs") or {}), **self.dataset_kwargs(params)}
+        # suite params that override the task file: the generation budget, lm-eval's few-shot count
+        if getattr(params, "max_gen_toks", None):
+            cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), "max_gen_toks": params.max_gen_toks}
+        if self.fewshot_by_lm_eval and getattr(params, "num_fewshot", None) is not None:
+            cfg["num_fewshot"] = params.num_fewshot
         return cfg
 
     def build_task(self, params: BaseModel):
