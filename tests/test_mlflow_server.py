@@ -265,6 +265,22 @@ def test_history(runs, mlflow_server):  # noqa: F811
     assert history.last_accepted(mlflow_server.uri, "no-such-experiment", "smoke") is None
 
 
+def test_trend_and_compare_accepted_commands(runs, mlflow_server):  # noqa: F811
+    """The nightly commands: metric series from the server, and a run against the last accepted one."""
+    shipped, _, acc2 = runs
+    uri = mlflow_server.uri
+    t = run_cli("trend", "smoke", "--uri", uri, "--experiment", EXPERIMENT, "--metric", "wikitext2.ppl")
+    assert t.returncode == 0, t.stderr
+    assert "| q8_0 | wikitext2.ppl |" in t.stdout and "| q2_k | wikitext2.ppl |" in t.stdout
+    header = next(ln for ln in t.stdout.splitlines() if ln.startswith("| candidate |"))
+    assert header.count("*") == 2  # the two accepted runs are marked
+    c = run_cli("compare", "--accepted", str(shipped["run_dir"]), "--uri", uri, "--experiment", EXPERIMENT)
+    assert c.returncode == 0, c.stderr
+    assert f"`{acc2['results']['run_id']}` (A)" in c.stdout and "| q8_0 | wikitext2.ppl |" in c.stdout
+    none = run_cli("compare", "--accepted", str(shipped["run_dir"]), "--uri", uri, "--experiment", "nothing-here")
+    assert none.returncode == 2 and none.stderr.startswith("error: no run of plan 'smoke'")
+
+
 def test_figure_failure_is_recorded_not_raised(runs, mlflow_server, monkeypatch):  # noqa: F811
     from harness.config import TrackingSpec
     from harness.tracking import log_run
