@@ -1,7 +1,9 @@
 """Every quantizer method on the real embedded model, scored on the baseline's windows.
 
-The plan is configs/all-methods.yaml cut down for test time: 8 windows of 512 tokens
-and small calibration sets (the full-size figures come from `nox -s bench`).
+The plan is configs/all-methods.yaml cut down for test time: one candidate per code path
+(GGUF legacy, K- and i-quant with an importance matrix; llm-compressor RTN, GPTQ, AWQ,
+SmoothQuant, FP8, FP4), 8 windows of 512 tokens and small calibration sets. Every GGUF type
+and scheme, at full size, runs in `nox -s bench` (benchmarks/quantizers.py).
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ def _run(plan: dict, tmp_path, name="plan.yaml", *extra):
     return proc, json.loads((run_dir / "results.json").read_text()), run_dir
 
 
+TEST_SUBSET = ["gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0", "gguf-q2_k", "gguf-iq4_xs", "w8a16-rtn",
+               "w4a16-rtn-g64", "w4a16-gptq-g64", "w4a16-awq-g64", "fp8-dynamic", "w8a8-int8-smoothquant",
+               "nvfp4-emulated"]
+
+
 @pytest.fixture(scope="module")
 def all_methods(qg_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("all-methods")
-    proc, res, run_dir = _run(_small_plan(), tmp)
+    proc, res, run_dir = _run(_small_plan(TEST_SUBSET), tmp)
     return proc, res, run_dir, tmp
 
 
@@ -76,7 +83,7 @@ def test_eight_bit_weight_only_within_two_percent(all_methods):
 
 def test_four_bit_worse_than_eight_bit_sibling(all_methods):
     ppl = _ppl(all_methods[1])
-    for four in ("gguf-q4_k_m", "gguf-q4_k_s", "gguf-q4_0", "gguf-iq4_xs"):
+    for four in ("gguf-q4_k_m", "gguf-q4_0", "gguf-iq4_xs"):
         assert ppl[four] > ppl["gguf-q8_0"], (four, ppl)
     for four in ("w4a16-rtn-g64", "w4a16-gptq-g64", "w4a16-awq-g64"):
         assert ppl[four] > ppl["w8a16-rtn"], (four, ppl)
@@ -109,8 +116,24 @@ def test_manifests_describe_each_artifact(all_methods):
 
 def test_report_marks_emulated_fp4(all_methods):
     summary = (all_methods[2] / "summary.md").read_text()
-    row = next(ln for ln in summary.splitlines() if ln.startswith("| mxfp4-emulated |"))
+    row = next(ln for ln in summary.splitlines() if ln.startswith("| nvfp4-emulated |"))
     assert "emulated" in row
+
+
+def test_planner_predicts_each_artifact(all_methods):
+    """The memory-fit planner, from the config and the recipe alone, against the real files."""
+    from harness import planner
+
+    res = all_methods[1]
+    for c in res["candidates"]:
+        real = planner.plan_memory(c["artifact"]["path"], None)["weights"]["bytes"]  # the file's tensors
+        assert c["planner"]["weights_gib"] * 2**30 == pytest.approx(real, rel=1e-3), c["name"]  # GiB to 4 places
+    preds = {"w4a16-gptq-g64": "W4A16", "fp8-dynamic": "FP8", "w8a16-rtn": "W8A16"}
+    for name, quant in preds.items():
+        c = next(c for c in res["candidates"] if c["name"] == name)
+        real = planner.plan_memory(c["artifact"]["path"], None)["weights"]["bytes"]
+        predicted = planner.plan_memory("embedded:smollm2-135m", quant, group_size=64)["weights"]["bytes"]
+        assert predicted == pytest.approx(real, rel=0.01), (name, predicted, real)
 
 
 def test_rerun_hits_the_cache(all_methods):
