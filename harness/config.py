@@ -135,6 +135,9 @@ class GatePolicy(Strict):
     inconclusive_blocks: bool = True
     #: one-sided error rate of each gate decision (a PASS or FAIL is a test at this level)
     alpha: float = Field(0.05, gt=0, lt=0.5)
+    #: fewest paired items (0/1 scores) a paired gate decides on; default: the statistics'
+    #: own floor (100). Lower it knowingly: below ~100 the interval's error rate is not checked.
+    min_items: int | None = Field(None, ge=10)
     gates: list[GateSpec]
 
 

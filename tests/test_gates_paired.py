@@ -105,3 +105,16 @@ def test_measured_values_without_records_compare_directly():
     assert [v["verdict"] for v in gates.evaluate_policy(policy, ok, base)] == ["PASS", "PASS"]
     assert [v["verdict"] for v in gates.evaluate_policy(policy, low, base)] == ["FAIL", "FAIL"]
     assert gates.evaluate_policy(policy, ok, base)[0]["test"] == "measured value"
+
+
+def test_policy_min_items_lets_a_small_sample_decide():
+    rng = np.random.default_rng(3)
+    base_items = (rng.random(40) < 0.6).astype(int)
+    cand_items = base_items.copy()
+    cand_items[np.flatnonzero(base_items == 1)[:18]] = 0  # a collapse: 18 of 40 items lost
+    base, cand = _record("base", base_items, role="baseline"), _record("cand", cand_items)
+    gate = {"name": "d", "kind": "max_drop", "metric": "mmlu.acc", "max": 0.15}
+    (default,) = gates.evaluate_policy(GatePolicy.model_validate({"gates": [gate]}), cand, base)
+    (lowered,) = gates.evaluate_policy(GatePolicy.model_validate({"gates": [gate], "min_items": 30}), cand, base)
+    assert default["verdict"] == "INCONCLUSIVE" and lowered["verdict"] == "FAIL"
+    assert lowered["lower"] > 0.15 and lowered["p_value"] < 0.001

@@ -145,7 +145,8 @@ def _point(gate, value: float, ref: float | None, alpha: float, stderr: float | 
             "test": "normal bound on the standard error", "threshold": thr, "reason": words}
 
 
-def evaluate_gate(gate, cand: dict, base: dict | None, alpha: float = 0.05) -> dict[str, Any]:
+def evaluate_gate(gate, cand: dict, base: dict | None, alpha: float = 0.05,
+                  min_items: int | None = None) -> dict[str, Any]:
     """One gate on a candidate record (``metrics`` and ``suites``) against the baseline record."""
     from harness import stats
 
@@ -164,6 +165,7 @@ def evaluate_gate(gate, cand: dict, base: dict | None, alpha: float = 0.05) -> d
             out["change_pct"] = 100.0 * (value - ref) / abs(ref)
 
     decision = None
+    floor = {"min_n": min_items} if min_items else {}
     pairs = paired_items(cand, base, gate.metric) if (base is not None and gate.kind in relative_kinds) else None
     if pairs is not None:
         kind = pairs["kind"]
@@ -174,9 +176,10 @@ def evaluate_gate(gate, cand: dict, base: dict | None, alpha: float = 0.05) -> d
             relative = gate.kind == "max_drop_pct"
             decision = stats.max_drop_binary(pairs["base"], pairs["cand"],
                                              gate.max_pct / 100.0 if relative else gate.max,
-                                             alpha=alpha, relative=relative, label=gate.metric)
+                                             alpha=alpha, relative=relative, label=gate.metric, **floor)
         elif kind == "binary" and gate.kind == "min_ratio":
-            decision = stats.min_ratio_binary(pairs["base"], pairs["cand"], gate.min, alpha=alpha, label=gate.metric)
+            decision = stats.min_ratio_binary(pairs["base"], pairs["cand"], gate.min, alpha=alpha,
+                                              label=gate.metric, **floor)
         elif kind == "continuous" and gate.kind in ("max_drop_pct", "max_drop"):
             relative = gate.kind == "max_drop_pct"
             decision = stats.max_drop_continuous(pairs["base"], pairs["cand"],
@@ -193,7 +196,7 @@ def evaluate_gate(gate, cand: dict, base: dict | None, alpha: float = 0.05) -> d
 
 
 def evaluate_policy(policy: GatePolicy, cand: dict, base: dict | None) -> list[dict[str, Any]]:
-    return [evaluate_gate(g, cand, base, policy.alpha) for g in policy.gates]
+    return [evaluate_gate(g, cand, base, policy.alpha, policy.min_items) for g in policy.gates]
 
 
 def overall(status: str, verdicts: list[dict[str, Any]]) -> str:
