@@ -21,6 +21,9 @@ REGISTRY = Registry(
         "size": "harness.probes.size:SizeProbe",
         "load": "harness.probes.load:LoadProbe",
         "decode": "harness.probes.decode:DecodeProbe",
+        "throughput": "harness.probes.throughput:ThroughputProbe",
+        "latency": "harness.probes.latency:LatencyProbe",
+        "roofline": "harness.probes.roofline:RooflineProbe",
         "memory": "harness.probes.memory:MemoryProbe",
     },
 )
@@ -32,10 +35,23 @@ class NoParams(BaseModel):
 
 @dataclass
 class ProbeContext:
+    """What a probe sees. ``notes`` is shared by the probes of one process (in order): a probe
+    leaves non-numeric facts there (machine, runs, skipped shapes) and later probes may reuse
+    figures (roofline takes throughput's decode runs)."""
+
     artifact_path: Path
     session: Any = None
     load_seconds: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+def record_machine(ctx: ProbeContext) -> None:
+    """Put what the figures were measured on (CPU, GPUs, driver, CUDA, library versions) in the
+    notes, once per probe process."""
+    if "machine" not in ctx.notes:
+        from harness.probes.gpu import machine_info
+
+        ctx.notes["machine"] = machine_info()
 
 
 class Probe:
@@ -50,6 +66,11 @@ class Probe:
     def context_length(self, params: BaseModel) -> int:
         """Tokens the session must hold for this probe."""
         return 0
+
+    def metric_names(self, params: BaseModel) -> list[str]:
+        """The metrics this probe reports with ``params`` (``metrics`` holds those of the
+        default parameters; probes whose names depend on parameters override this)."""
+        return list(self.metrics)
 
     def measure(self, ctx: ProbeContext, params: BaseModel) -> dict[str, float]:
         raise NotImplementedError

@@ -1,12 +1,17 @@
-"""Decode (generation) and prefill throughput, median of repetitions after a warm-up."""
+"""Decode (generation) and prefill throughput at one prompt length, batch 1: the plans'
+original speed probe, kept with its metric names. It measures exactly as ``throughput`` does
+for one shape (``harness.probes.throughput.run_shape``); ``throughput`` adds prompt-length and
+batch sweeps and the flat per-shape names."""
 
 from __future__ import annotations
 
-import statistics
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.probes import Probe, ProbeContext
+from harness.probes import Probe, ProbeContext, record_machine
+from harness.probes.throughput import run_shape
+from harness.probes.timing import PROMPT, loadavg, with_stats
+
+__all__ = ["DecodeParams", "DecodeProbe", "PROMPT"]
 
 
 class DecodeParams(BaseModel):
@@ -18,13 +23,6 @@ class DecodeParams(BaseModel):
     warmup: int = Field(1, ge=0)
 
 
-# A fixed, neutral prompt; repeated to reach prompt_tokens.
-PROMPT = (
-    "The history of the river valley begins with the first farmers, who settled along its banks "
-    "and learned to read the seasons of flood and drought. "
-)
-
-
 class DecodeProbe(Probe):
     name = "decode"
     Params = DecodeParams
@@ -32,28 +30,24 @@ class DecodeProbe(Probe):
         "tokens_per_s": "higher",
         "tokens_per_s_min": "higher",
         "tokens_per_s_max": "higher",
+        "tokens_per_s_std": "lower",
+        "tokens_per_s_mean": "higher",
         "prefill_tokens_per_s": "higher",
+        "prefill_tokens_per_s_min": "higher",
+        "prefill_tokens_per_s_max": "higher",
+        "prefill_tokens_per_s_std": "lower",
+        "prefill_tokens_per_s_mean": "higher",
     }
+    order = 40
 
     def context_length(self, params: DecodeParams) -> int:
         return params.prompt_tokens + params.gen_tokens + 1
 
     def measure(self, ctx: ProbeContext, params: DecodeParams) -> dict[str, float]:
-        session = ctx.session
-        ids = session.tokenize(PROMPT)
-        while len(ids) < params.prompt_tokens:
-            ids = ids + ids
-        prompt = ids[: params.prompt_tokens]
-        for _ in range(params.warmup):
-            session.greedy_decode(prompt, min(8, params.gen_tokens))
-        decode, prefill = [], []
-        for _ in range(params.repetitions):
-            t = session.greedy_decode(prompt, params.gen_tokens)
-            decode.append(params.gen_tokens / t["decode_seconds"])
-            prefill.append(params.prompt_tokens / t["prefill_seconds"])
-        return {
-            "tokens_per_s": statistics.median(decode),
-            "tokens_per_s_min": min(decode),
-            "tokens_per_s_max": max(decode),
-            "prefill_tokens_per_s": statistics.median(prefill),
-        }
+        record_machine(ctx)
+        before = loadavg()
+        runs = run_shape(ctx.session, params.prompt_tokens, 1, params.gen_tokens,
+                         params.repetitions, params.warmup)
+        ctx.notes["decode"] = {"runs": runs, "loadavg_before": before, "loadavg_after": loadavg()}
+        return {**with_stats("tokens_per_s", runs["decode_tps"]),
+                **with_stats("prefill_tokens_per_s", runs["prefill_tps"])}

@@ -1,0 +1,53 @@
+"""Run a plan's probes on one loaded session, as the pipeline's probe worker does, and keep the
+probes' notes (machine, raw repetitions, skipped shapes, bandwidth source) beside the figures.
+
+``probe_worker`` is a drop-in for ``harness.pipeline._probe_worker`` that returns
+``{"figures": {probe: {metric: value}}, "notes": {...}, "load_seconds": s}``; the benchmarks
+call it in a spawned process (``harness.isolate.run_isolated``) for the same isolation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _hook(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, probes: dict[str, dict],
+                 session_hooks: str | None = None) -> dict[str, Any]:
+    """``session_hooks``: "module:function" called with the loaded session before any probe
+    runs (e.g. to attach ``greedy_decode_batch`` to a session class that lacks it)."""
+    from harness.probes import REGISTRY, ProbeContext, record_machine
+    from harness.runtimes import REGISTRY as RUNTIMES
+
+    # creating the probes first starts the memory probe's sampler before the model loads
+    chosen = sorted(((REGISTRY.get(n)(), raw) for n, raw in probes.items()), key=lambda p: p[0].order)
+    chosen = [(p, p.Params.model_validate(raw or {})) for p, raw in chosen]
+    ctx = ProbeContext(artifact_path=Path(artifact_path))
+    if any(p.needs_session for p, _ in chosen):
+        n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
+        runtime = RUNTIMES.get(runtime_name)()
+        t0 = time.perf_counter()
+        ctx.session = runtime.load(Path(artifact_path), runtime.Params.model_validate(runtime_params), n_ctx)
+        ctx.load_seconds = time.perf_counter() - t0
+        if session_hooks:
+            _hook(session_hooks)(ctx.session)
+    figures: dict[str, dict[str, float]] = {}
+    try:
+        for probe, params in chosen:
+            t0 = time.perf_counter()
+            figures[probe.name] = probe.measure(ctx, params)
+            ctx.notes.setdefault("probe_seconds", {})[probe.name] = round(time.perf_counter() - t0, 3)
+        record_machine(ctx)
+        if ctx.session is not None:
+            ctx.notes["session_info"] = ctx.session.info()
+    finally:
+        if ctx.session is not None:
+            ctx.session.close()
+    return {"figures": figures, "notes": ctx.notes, "load_seconds": ctx.load_seconds}
