@@ -80,8 +80,9 @@ def test_metric_names_flat_and_mlflow_safe():
     assert "prefill_tps_p2048_b8_std" in got
     # the class-level names are those of the default parameters (what validate lists today)
     assert sorted(ThroughputProbe.metrics) == sorted(probe.metric_names(ThroughputParams()))
-    assert LatencyProbe().metric_names(LatencyParams(concurrency=4))[0] == "ttft_seconds_p50_c4"
-    assert sorted(LatencyProbe.metrics) == sorted(LatencyProbe().metric_names(LatencyParams()))
+    assert LatencyProbe.metric_names(LatencyParams(concurrency=4))[0] == "ttft_seconds_p50_c4"
+    assert sorted(LatencyProbe.metrics) == sorted(LatencyProbe.metric_names(LatencyParams()))
+    assert MemoryProbe.metric_names(MemoryProbe.Params()) == list(MemoryProbe.metrics)
 
     every = [f"{p}.{m}" for p in REGISTRY.names() for m in REGISTRY.get(p).metrics]
     try:  # MLflow's own check, where it is installed

@@ -67,10 +67,12 @@ class Probe:
         """Tokens the session must hold for this probe."""
         return 0
 
-    def metric_names(self, params: BaseModel) -> list[str]:
+    @classmethod
+    def metric_names(cls, params: BaseModel) -> list[str]:
         """The metrics this probe reports with ``params`` (``metrics`` holds those of the
-        default parameters; probes whose names depend on parameters override this)."""
-        return list(self.metrics)
+        default parameters; probes whose names depend on parameters override this). A class
+        method: validating a plan must not create probes (the memory probe starts a sampler)."""
+        return list(cls.metrics)
 
     def measure(self, ctx: ProbeContext, params: BaseModel) -> dict[str, float]:
         raise NotImplementedError

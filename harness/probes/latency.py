@@ -56,7 +56,8 @@ class LatencyProbe(Probe):
     metrics = {n: "lower" for n in _names(1)}
     order = 45
 
-    def metric_names(self, params: LatencyParams) -> list[str]:
+    @classmethod
+    def metric_names(cls, params: LatencyParams) -> list[str]:
         return _names(params.concurrency)
 
     def context_length(self, params: LatencyParams) -> int:

@@ -83,7 +83,8 @@ class ThroughputProbe(Probe):
                for n in stat_names(shape_key(kind, 512, 1))}
     order = 40
 
-    def metric_names(self, params: ThroughputParams) -> list[str]:
+    @classmethod
+    def metric_names(cls, params: ThroughputParams) -> list[str]:
         return [n for p in params.prompt_tokens for b in params.batch_sizes
                 for kind in ("prefill_tps", "decode_tps") for n in stat_names(shape_key(kind, p, b))]
 
