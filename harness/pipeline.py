@@ -111,24 +111,10 @@ def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str
 
 
 def _probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, probes: dict[str, dict]) -> dict:
-    from harness.probes import REGISTRY, ProbeContext
+    """Probes on one loaded session: {"figures": {probe: {metric: value}}, "notes": {...}}."""
+    from harness.probes.runner import probe_worker
 
-    chosen = sorted(((REGISTRY.get(n)(), raw) for n, raw in probes.items()), key=lambda p: p[0].order)
-    chosen = [(p, p.Params.model_validate(raw or {})) for p, raw in chosen]
-    ctx = ProbeContext(artifact_path=Path(artifact_path))
-    if any(p.needs_session for p, _ in chosen):
-        n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
-        t0 = time.perf_counter()
-        ctx.session = _session(runtime_name, runtime_params, artifact_path, n_ctx)
-        ctx.load_seconds = time.perf_counter() - t0
-    out = {}
-    try:
-        for probe, params in chosen:
-            out[probe.name] = probe.measure(ctx, params)
-    finally:
-        if ctx.session is not None:
-            ctx.session.close()
-    return out
+    return probe_worker(runtime_name, runtime_params, artifact_path, probes)
 
 
 # ------------------------------------------------------------------- runner
@@ -273,9 +259,11 @@ class Runner:
             return
         runtime, rparams = self._runtime(runtime_spec)
         self.log(f"  [{rec['name']}] probing {', '.join(self.plan.probes)}")
-        out = self._call(_probe_worker, runtime.name, rparams.model_dump(), rec["artifact"]["path"],
+        res = self._call(_probe_worker, runtime.name, rparams.model_dump(), rec["artifact"]["path"],
                          dict(self.plan.probes), log_name=f"{rec['name']}-probe")
+        out = res["figures"]
         rec["probes"] = out
+        rec["probe_notes"] = res.get("notes")  # machine, raw repetitions, bandwidth source
         for probe, figures in out.items():
             for m, v in figures.items():
                 rec["metrics"][f"{probe}.{m}"] = {"value": v, "stderr": None, "n": 1}

@@ -34,7 +34,11 @@ def metric_names(plan: Plan) -> list[str]:
             names += [f"{s.id}.{m}" for m in SUITES.get(s.suite).metrics]
     for p in plan.probes:
         if p in PROBES:
-            names += [f"{p}.{m}" for m in PROBES.get(p).metrics]
+            cls = PROBES.get(p)
+            try:  # metric names can depend on the probe's params (prompt lengths, batch sizes)
+                names += [f"{p}.{m}" for m in cls.metric_names(cls.Params.model_validate(plan.probes[p] or {}))]
+            except ValidationError:
+                names += [f"{p}.{m}" for m in cls.metrics]
     return names
 
 
