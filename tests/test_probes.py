@@ -270,8 +270,9 @@ def test_sampler_sees_live_children_and_grandchildren(tmp_path):
         time.sleep(0.3)
         sampler.sample()
         assert sampler.peak_children >= 310 * MIB  # 120 + 200 MiB of written pages
-        assert sampler.peak_children < 320 * MIB + 2 * 80 * MIB  # plus two interpreters
-        assert sampler.peak_per_pid[child.pid] >= 120 * MIB
+        # (no upper bound on all children: in a full test session other live children, e.g. the
+        # session's MLflow server, are part of the tree too)
+        assert 120 * MIB <= sampler.peak_per_pid[child.pid] < 120 * MIB + 80 * MIB  # + one interpreter
         assert sampler.peak_tree >= sampler.peak_children + sampler.peak_self * 0.5
     finally:
         child.stdin.write("\n")
