@@ -13,32 +13,16 @@ move them into the session class as they are. Contracts:
 
 from __future__ import annotations
 
-import time
 import types
 
 
 def transformers_greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int) -> dict[str, float]:
-    import torch
+    """The runtime's own batch decode (``TransformersSession.greedy_decode_batch``)."""
+    from harness.runtimes.transformers import TransformersSession
 
-    if len({len(p) for p in prompts}) != 1:
-        raise ValueError("greedy_decode_batch: prompts must have equal length (no padding)")
     if len(prompts[0]) + n_tokens > self.n_ctx:
         raise ValueError(f"prompt of {len(prompts[0])} + {n_tokens} tokens exceeds n_ctx={self.n_ctx}")
-    sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
-    with torch.inference_mode():
-        ids = torch.tensor(prompts, device=self.device)
-        sync()
-        t0 = time.perf_counter()
-        out = self.model(ids, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        t1 = time.perf_counter()
-        for _ in range(n_tokens):
-            out = self.model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        t2 = time.perf_counter()
-    return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
+    return TransformersSession.greedy_decode_batch(self, prompts, n_tokens)
 
 
 def attach(session) -> None:
@@ -49,30 +33,14 @@ def attach(session) -> None:
 
 def transformers_greedy_decode_last_logits(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
     """``greedy_decode`` with the prefill computing the last position's logits only
-    (``logits_to_keep=1``, as ``generate()`` does): the change proposed for the runtime."""
+    (``logits_to_keep=1``, as ``generate()`` does)."""
     return transformers_greedy_decode_batch_last_logits(self, [prompt], n_tokens)
 
 
 def transformers_greedy_decode_batch_last_logits(self, prompts: list[list[int]], n_tokens: int) -> dict[str, float]:
-    import torch
+    from harness.runtimes.transformers import TransformersSession
 
-    if len({len(p) for p in prompts}) != 1:
-        raise ValueError("greedy_decode_batch: prompts must have equal length (no padding)")
-    sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
-    with torch.inference_mode():
-        ids = torch.tensor(prompts, device=self.device)
-        sync()
-        t0 = time.perf_counter()
-        out = self.model(ids, use_cache=True, logits_to_keep=1)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        t1 = time.perf_counter()
-        for _ in range(n_tokens):
-            out = self.model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        sync()
-        t2 = time.perf_counter()
-    return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
+    return TransformersSession.greedy_decode_batch(self, prompts, n_tokens, last_logits_only=True)
 
 
 def attach_last_logits(session) -> None:

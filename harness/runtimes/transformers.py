@@ -97,12 +97,25 @@ class TransformersSession(Session):
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
+        return self.greedy_decode_batch([prompt], n_tokens)
+
+    def greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int,
+                            last_logits_only: bool = False) -> dict[str, float]:
+        """Prefill equal-length ``prompts`` in one forward pass, then ``n_tokens`` greedy steps of
+        the whole batch (EOS ignored), the device synchronized at each boundary.
+        ``last_logits_only``: the prefill computes the last position's logits only, as
+        ``generate()`` does (less memory at long prompts)."""
         import torch
 
+        if len({len(p) for p in prompts}) != 1:
+            raise ValueError("greedy_decode_batch: prompts must have equal length (no padding)")
         sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
+        prefill_kw = {"logits_to_keep": 1} if last_logits_only else {}
         with torch.inference_mode():
+            ids = torch.tensor(prompts, device=self.device)
+            sync()
             t0 = time.perf_counter()
-            out = self.model(torch.tensor([prompt], device=self.device), use_cache=True)
+            out = self.model(ids, use_cache=True, **prefill_kw)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             sync()
             t1 = time.perf_counter()
