@@ -272,7 +272,7 @@ class Runner:
         """The memory-fit planner's prediction for this artifact, beside what was measured."""
         from harness import planner
 
-        n_ctx = max([2048] + [self._suite(s)[0].context_length(self._suite(s)[1]) for s in self.plan.suites])
+        n_ctx = max([2048] + [suite.context_length(params) for suite, params in map(self._suite, self.plan.suites)])
         try:
             p = planner.plan_memory(rec["artifact"]["path"], None, context=n_ctx,
                                     runtime=runtime_spec.name if runtime_spec.name in planner.RUNTIMES else None)
