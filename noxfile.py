@@ -49,12 +49,13 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Figures, not assertions: reports/bench/quantizers.json (every method, fresh store) and
-    reports/bench/runtimes.json (cross-runtime consistency, request throughput, suite times).
-    `nox -s bench -- runtimes` (or `quantizers`) runs one of them."""
+    """Figures, not assertions: reports/bench/quantizers.json (every method, fresh store),
+    reports/bench/runtimes.json (cross-runtime consistency, request throughput, suite times) and
+    reports/bench/probes.json (decode-probe stability over 3 processes; probe vs a plain
+    llama-cpp-python loop). `nox -s bench -- runtimes` (or `quantizers`, `probes`) runs one."""
     # the server extra: lm-eval's gguf backend is compared against llama-cpp-python's server
     session.install("-e", ".[all]", "llama-cpp-python[server]==0.3.36")
-    chosen = session.posargs or ["quantizers", "runtimes"]
+    chosen = session.posargs or ["quantizers", "runtimes", "probes"]
     for name in chosen:
         session.run("python", f"benchmarks/{name}.py", env=_env())
 

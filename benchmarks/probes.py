@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,32 +99,6 @@ def plain_generate(llm, prompt: list[int], gen: int) -> dict[str, float]:
     return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
 
 
-def greedy_decode_last_logits(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
-    """``LlamaCppSession.greedy_decode`` with the prefill computing the last position's logits
-    only, as a user's ``Llama(logits_all=False)`` does: the change proposed for the runtime.
-    The argmax reads llama.cpp's last output row; ``scores`` rows are not written, so the KV
-    cache is dropped afterwards (``_feed``'s prefix reuse must not read stale rows)."""
-    import llama_cpp
-    import numpy as np
-
-    llm = self.llm
-    llm.reset()
-    saved, llm._logits_all = llm._logits_all, False
-    n_vocab = llm.n_vocab()
-    try:
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        t1 = time.perf_counter()
-        for _ in range(n_tokens):
-            row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-            llm.eval([int(np.argmax(row))])
-        t2 = time.perf_counter()
-    finally:
-        llm._logits_all = saved
-        llm.reset()
-    return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
-
-
 def probe_vs_plain(path: Path, threads: int, prompt: int, gen: int, reps: int) -> dict:
     import llama_cpp
 
@@ -139,12 +112,8 @@ def probe_vs_plain(path: Path, threads: int, prompt: int, gen: int, reps: int) -
     plain = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_ubatch=min(512, n_ctx),
                             n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
     ids = prompt_ids(session, prompt)
-    # the same session object with the proposed greedy_decode (last-position prefill logits)
-    proposed = types.SimpleNamespace(tokenize=session.tokenize,
-                                     greedy_decode=types.MethodType(greedy_decode_last_logits, session))
     arms = {
         "probe": lambda: run_shape(session, prompt, 1, gen, repetitions=1, warmup=0),
-        "probe_last_logits": lambda: run_shape(proposed, prompt, 1, gen, repetitions=1, warmup=0),
         "plain": lambda: _as_tps(plain_generate(plain, ids, gen), prompt, gen),
     }
     before = loadavg()
@@ -153,7 +122,7 @@ def probe_vs_plain(path: Path, threads: int, prompt: int, gen: int, reps: int) -
     raw = {name: {"prefill_tps": [], "decode_tps": []} for name in arms}
     names = list(arms)
     for i in range(reps):
-        for name in names[i % 3:] + names[: i % 3]:  # rotate the order: load drift falls on all
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate the order: load drift falls on all
             r = arms[name]()
             raw[name]["prefill_tps"] += r["prefill_tps"]
             raw[name]["decode_tps"] += r["decode_tps"]
@@ -163,15 +132,14 @@ def probe_vs_plain(path: Path, threads: int, prompt: int, gen: int, reps: int) -
     plain.close()
     s = {k: {name: summarize(raw[name][k]) for name in names} for k in ("prefill_tps", "decode_tps")}
     for k in s:
-        for name in ("probe", "probe_last_logits"):
+        for name in ("probe",):
             s[k][f"{name}_over_plain_pct"] = 100 * (s[k][name]["median"] / s[k]["plain"]["median"] - 1)
     return {"artifact": str(path), "n_threads": threads, "prompt_tokens": prompt, "gen_tokens": gen,
             "repetitions": reps, "raw": raw, "summary": s,
             "decode_within_5pct": abs(s["decode_tps"]["probe_over_plain_pct"]) <= 5,
             "loadavg_before": before, "loadavg_after": loadavg(),
-            "note": "probe: LlamaCppSession.greedy_decode as it is (the runtime loads with logits_all=True: "
-                    "the prefill computes and copies logits for every prompt position); probe_last_logits: "
-                    "the same session with greedy_decode_last_logits (the proposed change); plain: "
+            "note": "probe: LlamaCppSession.greedy_decode (prefill computes the last position's logits "
+                    "only, though the session loads with logits_all=True for scoring); plain: "
                     "Llama(logits_all=False).generate, greedy"}
 
 
@@ -227,8 +195,7 @@ def main() -> None:
         for k in ("decode_tps", "prefill_tps"):
             d = c["summary"][k]
             print(f"probe vs plain {name} {k}: probe {d['probe']['median']:.1f} "
-                  f"({d['probe_over_plain_pct']:+.1f}%), probe_last_logits {d['probe_last_logits']['median']:.1f} "
-                  f"({d['probe_last_logits_over_plain_pct']:+.1f}%), plain {d['plain']['median']:.1f}")
+                  f"({d['probe_over_plain_pct']:+.1f}%), plain {d['plain']['median']:.1f}")
     print(f"wrote {path}")
 
 

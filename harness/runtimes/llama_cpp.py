@@ -41,6 +41,17 @@ def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
     return logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
 
 
+def _fill(batch, tokens: list[tuple[int, int, int, bool]]) -> None:
+    """Fill a ``llama_batch`` with (token, position, sequence id, wants logits) rows."""
+    batch.n_tokens = len(tokens)
+    for j, (tok, pos, seq, want) in enumerate(tokens):
+        batch.token[j] = tok
+        batch.pos[j] = pos
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = seq
+        batch.logits[j] = want
+
+
 class LlamaCppSession(Session):
     def __init__(self, llm):
         self.llm = llm
@@ -122,18 +133,98 @@ class LlamaCppSession(Session):
         return formatter(messages=messages).prompt
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
+        """Timed greedy generation, EOS ignored (the speed probes). The prefill computes the last
+        position's logits only, as a user's ``Llama(logits_all=False)`` does: the session loads
+        with ``logits_all=True`` for scoring, and copying every prompt position's logits cost
+        18% of prefill speed on the embedded model (benchmarks/probes.py). ``scores`` rows are
+        not written, so the KV cache is dropped afterwards (``_feed`` must not reuse it)."""
+        import llama_cpp
+
         llm = self.llm
         llm.reset()
+        saved, llm._logits_all = llm._logits_all, False
+        n_vocab = llm.n_vocab()
+        try:
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            t1 = time.perf_counter()
+            tokens = []
+            for _ in range(n_tokens):
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+                tokens.append(int(np.argmax(row)))
+                llm.eval(tokens[-1:])
+            t2 = time.perf_counter()
+        finally:
+            llm._logits_all = saved
+            llm.reset()
+        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1, "tokens": [tokens]}
+
+    def greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int) -> dict[str, float]:
+        """``len(prompts)`` sequences decoded together, as llama.cpp's batched-bench does: one
+        context with a sequence id per prompt; the prefill sends every prompt token (chunks of
+        ``n_batch``), then each step decodes one token of every sequence in one batch. Greedy,
+        EOS ignored. The context is made for the shape and kept for the next call of that shape.
+        Returns the seconds and ``tokens``: the ``n_tokens`` tokens fed to each sequence."""
+        llm = self.llm
+        b = len(prompts)
+        longest = max(map(len, prompts))
+        ctx, batch = self._batch_context(b, longest + n_tokens + 1)
+        ctx.kv_cache_clear()
+        n_vocab = llm.n_vocab()
+        n_batch = batch._n_tokens
+
+        def argmax_at(i: int) -> int:
+            return int(np.argmax(np.ctypeslib.as_array(ctx.get_logits_ith(i), shape=(n_vocab,))))
+
+        flat = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
+        last = [0] * b
         t0 = time.perf_counter()
-        llm.eval(prompt)
+        for start in range(0, len(flat), n_batch):
+            chunk = flat[start: start + n_batch]
+            _fill(batch.batch, chunk)
+            ctx.decode(batch)
+            for j, (_, _, seq, want) in enumerate(chunk):
+                if want:
+                    last[seq] = argmax_at(j)
         t1 = time.perf_counter()
-        for _ in range(n_tokens):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            llm.eval([token])
+        tokens: list[list[int]] = [[] for _ in range(b)]
+        for step in range(n_tokens):
+            _fill(batch.batch, [(last[s], len(prompts[s]) + step, s, True) for s in range(b)])
+            for s in range(b):
+                tokens[s].append(last[s])
+            ctx.decode(batch)
+            last = [argmax_at(s) for s in range(b)]
         t2 = time.perf_counter()
-        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
+        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1, "tokens": tokens}
+
+    def _batch_context(self, n_seq: int, per_seq: int):
+        from llama_cpp import _internals
+
+        per_seq = -(-per_seq // 256) * 256  # llama.cpp pads n_ctx to 256 and splits it per sequence
+        key = (n_seq, per_seq)
+        if getattr(self, "_batch_key", None) != key:
+            self._close_batch_context()
+            llm = self.llm
+            params = type(llm.context_params).from_buffer_copy(llm.context_params)
+            params.n_seq_max = n_seq
+            params.n_ctx = n_seq * per_seq
+            params.kv_unified = False  # each sequence its own cache: they share no prefix
+            params.n_batch = max(n_seq, min(n_seq * per_seq, 2048))
+            params.n_ubatch = min(params.n_batch, max(llm.context_params.n_ubatch, n_seq))
+            ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+            batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+            self._batch_ctx, self._batch_key = (ctx, batch), key
+        return self._batch_ctx
+
+    def _close_batch_context(self) -> None:
+        if getattr(self, "_batch_ctx", None) is not None:
+            ctx, batch = self._batch_ctx
+            batch.close()
+            ctx.close()
+        self._batch_ctx, self._batch_key = None, None
 
     def close(self) -> None:
+        self._close_batch_context()
         self.llm.close()
 
 

@@ -102,7 +102,8 @@ class TransformersSession(Session):
     def greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int,
                             last_logits_only: bool = False) -> dict[str, float]:
         """Prefill equal-length ``prompts`` in one forward pass, then ``n_tokens`` greedy steps of
-        the whole batch (EOS ignored), the device synchronized at each boundary.
+        the whole batch (EOS ignored), the device synchronized at each boundary. Returns the
+        seconds and ``tokens``: the ``n_tokens`` tokens fed to each sequence.
         ``last_logits_only``: the prefill computes the last position's logits only, as
         ``generate()`` does (less memory at long prompts)."""
         import torch
@@ -119,12 +120,15 @@ class TransformersSession(Session):
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             sync()
             t1 = time.perf_counter()
+            fed = []  # kept on the device: reading each token back would sync every step
             for _ in range(n_tokens):
+                fed.append(token)
                 out = self.model(token, past_key_values=past, use_cache=True)
                 past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             sync()
             t2 = time.perf_counter()
-        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1}
+        tokens = torch.cat(fed, dim=1).tolist() if fed else [[] for _ in prompts]
+        return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1, "tokens": tokens}
 
 
 class TransformersRuntime(Runtime):
