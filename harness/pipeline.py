@@ -286,12 +286,40 @@ class Runner:
         size = rec["metrics"].get("size.gib", {}).get("value")
         if size:  # weights: prediction vs the artifact on disk (the files include metadata)
             out["weights_error_pct"] = 100.0 * (out["weights_gib"] - size) / size
-        rss = rec["metrics"].get("memory.peak_rss_gib", {}).get("value")
-        if rss:  # CPU runs: weights + KV vs the measured peak RSS (the reserve is a GPU figure)
-            out["weights_plus_kv_vs_peak_rss_pct"] = 100.0 * (out["weights_gib"] + out["kv_cache_gib"] - rss) / rss
+        self._plan_probe_peak(rec, runtime_spec, out)
         rec["planner"] = out
-        for k in ("weights_gib", "kv_cache_gib", "total_gib"):
-            rec["metrics"][f"planner.{k}"] = {"value": out[k], "stderr": None, "n": 1}
+        for k in ("weights_gib", "kv_cache_gib", "total_gib", "weights_error_pct", "probe_predicted_gib",
+                  "probe_measured_gib", "probe_error_pct"):
+            if out.get(k) is not None:
+                rec["metrics"][f"planner.{k}"] = {"value": out[k], "stderr": None, "n": 1}
+
+    @staticmethod
+    def _plan_probe_peak(rec: dict, runtime_spec, out: dict) -> None:
+        """The planner's prediction for the probe process's own workload against the model memory
+        the memory probe measured there (peak less the memory before loading; on a GPU, the
+        process's peak VRAM)."""
+        from harness import planner
+
+        notes = rec.get("probe_notes") or {}
+        mem = (rec.get("probes") or {}).get("memory") or {}
+        if not notes.get("n_ctx") or not mem:
+            return
+        device = "cuda" if str((notes.get("session_info") or {}).get("device", "")).startswith("cuda") else "cpu"
+        measured = mem.get("peak_vram_self_gib") if device == "cuda" else mem.get("model_rss_gib")
+        try:
+            p = planner.predict_probe_peak(rec["artifact"]["path"], runtime_spec.name, n_ctx=notes["n_ctx"],
+                                           shapes=(notes.get("throughput") or {}).get("shapes"), device=device,
+                                           session_info=notes.get("session_info"))
+        except Exception as exc:
+            out["probe_error"] = f"{type(exc).__name__}: {exc}"
+            return
+        out["probe_prediction"] = p
+        out["probe_predicted_gib"] = p["total_gib"]
+        if measured:
+            out["probe_measured_gib"] = measured
+            out["probe_measured_as"] = "peak VRAM of the process (NVML)" if device == "cuda" else \
+                "model_rss_gib: peak RSS less RSS before the model loaded"
+            out["probe_error_pct"] = 100.0 * (p["total_gib"] - measured) / measured
 
     # ---- the run
     def _new_record(self, name: str, role: str) -> dict:

@@ -877,10 +877,18 @@ def llamacpp_compute_buffer_bytes(shape: ModelShape, context: int, n_ubatch: int
 
 
 def runtime_reserve(runtime: str, shape: ModelShape | None, context: int,
-                    reserve_gib: float | None = None, flash_attn: bool = False) -> dict[str, Any]:
+                    reserve_gib: float | None = None, flash_attn: bool = False,
+                    device: str = "cuda") -> dict[str, Any]:
+    """Memory beside weights and KV cache. ``device`` "cpu": host memory of a CPU run, where
+    no CUDA context exists: llama.cpp's compute buffer only, nothing for the others."""
     if reserve_gib is not None:
         return {"bytes": int(reserve_gib * GIB), "runtime": runtime, "source": "declared",
                 "detail": f"{reserve_gib:g} GiB declared"}
+    if device == "cpu":
+        buf = llamacpp_compute_buffer_bytes(shape, context, flash_attn=flash_attn) \
+            if runtime == "llama-cpp" and shape is not None else 0
+        return {"bytes": int(buf), "runtime": runtime, "source": "default",
+                "detail": f"CPU: compute buffer ~{buf / MIB:.0f} MiB" if buf else "CPU: none modelled"}
     ctx_gib = CONTEXT_RESERVE_GIB[runtime]
     if runtime == "llama-cpp" and shape is not None:
         buf = llamacpp_compute_buffer_bytes(shape, context, flash_attn=flash_attn)
@@ -997,13 +1005,14 @@ def plan_memory(source: str | Path | dict[str, Any] | ModelShape, quant: str | N
                 kv_dtype: str = "f16", runtime: str | None = None, reserve_gib: float | None = None,
                 group_size: int | None = None, symmetric: bool | None = None,
                 flash_attn: bool = False, quantize_lm_head: bool = False,
-                gguf_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                gguf_options: dict[str, Any] | None = None, device: str = "cuda") -> dict[str, Any]:
     """Weights + KV cache + runtime reserve for one candidate, and whether it fits.
 
     ``quant`` None: the artifact as it is (a GGUF file's real tensor types, a folder's real
     safetensors bytes). ``quantize_lm_head``: an HF scheme quantizes an untied lm_head too
     (llm-compressor's default ``ignore: [lm_head]`` keeps it at 16 bit). ``gguf_options``: has_imatrix, pure, leave_output_tensor,
-    output_tensor_type, token_embedding_type (as the gguf quantizer's params)."""
+    output_tensor_type, token_embedding_type (as the gguf quantizer's params). ``device``: "cuda"
+    (GPU memory, the default) or "cpu" (host memory of a CPU run: no CUDA context reserve)."""
     src = resolve_source(source)
     shape: ModelShape = src["shape"]
     fmt, qname = parse_quant(quant, gguf_source=src["gguf_file"] is not None)
@@ -1023,7 +1032,7 @@ def plan_memory(source: str | Path | dict[str, Any] | ModelShape, quant: str | N
                              quantize_lm_head=quantize_lm_head)
     rt = _runtime(runtime, weights.fmt)
     kv = shape_kv_bytes(shape, context, batch, kv_dtype)
-    reserve = runtime_reserve(rt, shape, context, reserve_gib, flash_attn)
+    reserve = runtime_reserve(rt, shape, context, reserve_gib, flash_attn, device)
     w = weights.total
     total = w + kv + reserve["bytes"]
     n_params = weights.n_params or shape.n_params
@@ -1141,3 +1150,59 @@ def run_cli(args: list[str] | argparse.Namespace | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run_cli())
+
+
+# --------------------------------------------------------------------------------------
+# the probe process's own workload
+# --------------------------------------------------------------------------------------
+
+
+def predict_probe_peak(source: str | Path, runtime: str, *, n_ctx: int, shapes: list[list[int]] | None = None,
+                       device: str = "cpu", session_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model memory a probe process should peak at: weights + KV cache + runtime buffers
+    for the session it loaded (``n_ctx``, batch 1) and the largest batch workload the
+    throughput probe ran (``shapes``: [tokens per sequence, batch]).
+
+    llama.cpp keeps the session's context and a second context for batch decoding (its own KV
+    cache, ``n_ctx`` per sequence padded to 256, and compute buffer) alive together: they add.
+    transformers grows and frees a dynamic cache per call: the largest of them counts; when the
+    session decompressed the weights to dense tensors (``session_info``: weights "dense", the
+    compute dtype), they take n_params x that dtype's bytes whatever the file's bit width, and
+    the KV cache is in that dtype too. Other runtimes: the session's context only."""
+    rt = _runtime(runtime, "gguf" if str(source).endswith(".gguf") else "hf")
+    info = session_info or {}
+    dense = {"float32": 4, "bfloat16": 2, "float16": 2}.get(str(info.get("dtype")))
+    kv_dtype = "f32" if dense == 4 else "f16"
+    if rt != "transformers" or "dense" not in str(info.get("weights", "")):
+        dense = None
+    if rt != "transformers":
+        kv_dtype = "f16"
+    main = plan_memory(source, None, context=n_ctx, batch=1, runtime=rt, device=device, kv_dtype=kv_dtype)
+    batched = [(t, b) for t, b in (shapes or []) if b > 1]
+    kv, reserve, how = main["kv_cache"]["bytes"], main["reserve"]["bytes"], "session context"
+    if batched and rt == "llama-cpp":
+        t, b = max(batched, key=lambda s: -(-s[0] // 256) * 256 * s[1])
+        per_seq = -(-t // 256) * 256
+        extra = plan_memory(source, None, context=per_seq, batch=b, runtime=rt, device=device)
+        kv += extra["kv_cache"]["bytes"]
+        reserve += extra["reserve"]["bytes"]
+        how = f"session context + batch context ({b} x {per_seq} tokens)"
+    elif batched and rt == "transformers":
+        t, b = max(batched, key=lambda s: s[0] * s[1])
+        peak = plan_memory(source, None, context=t, batch=b, runtime=rt, device=device,
+                           kv_dtype=kv_dtype)["kv_cache"]["bytes"]
+        if peak > kv:
+            kv, how = peak, f"dynamic cache at batch {b} x {t} tokens"
+    w = stored = main["weights"]["bytes"]
+    weights_as = f"{main['quant']} as stored"
+    total = w + kv + reserve
+    if dense:
+        w = main["model"]["n_params"] * dense
+        weights_as = f"dense {info.get('dtype')} (decompressed at load): n_params x {dense} bytes"
+        total = w + kv + reserve
+        if stored != w and stored + w > total:
+            # from_pretrained holds the checkpoint's tensors and their converted copies at once
+            total, how = stored + w, "load: the stored tensors and their dense copies at once"
+    return {"device": device, "runtime": rt, "n_ctx": n_ctx, "workload": how, "weights_as": weights_as,
+            "kv_dtype": kv_dtype, "weights_gib": _gib(w), "kv_cache_gib": _gib(kv), "reserve_gib": _gib(reserve),
+            "total_gib": _gib(total), "exact_weights": main["exact"] and not dense}

@@ -60,7 +60,7 @@ class Probe:
     metrics: ClassVar[dict[str, str]] = {}
     #: needs a loaded session (runs in the probe process)
     needs_session: ClassVar[bool] = True
-    #: probes run in ascending order; memory reads the peak last
+    #: probes run in ascending order; memory reads the peaks after the workloads
     order: ClassVar[int] = 50
 
     def context_length(self, params: BaseModel) -> int:

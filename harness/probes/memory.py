@@ -13,6 +13,10 @@
   the caching allocator holds: what the process needs) and ``max_memory_allocated`` (live
   tensors only: it understates the need), both since the process started.
 
+- ``model_rss_gib``: this process's peak RSS less its RSS just before the model was loaded (the
+  runtime's libraries already imported: ``Runtime.import_modules``): the model's own host
+  memory (weights read, KV cache, compute buffers), what the memory-fit planner predicts.
+
 The sampler starts when the probe object is created — in the probe worker that is before the
 model is loaded — so the load and every other probe fall inside the sampled window.
 """
@@ -208,8 +212,9 @@ class MemoryProbe(Probe):
         "peak_device_vram_used_gib": "lower",
         "torch_max_reserved_gib": "lower",
         "torch_max_allocated_gib": "lower",
+        "model_rss_gib": "lower",
     }
-    order = 100  # last: the peak after every other probe ran
+    order = 100  # the peak after the model's workloads (roofline, which times a copy, runs after)
 
     def __init__(self):
         # before the model is loaded (the probe worker creates every probe first)
@@ -234,6 +239,9 @@ class MemoryProbe(Probe):
             out["peak_vram_self_gib"] = s.peak_vram_per_pid.get(s.root.pid, 0) / GIB
         if s.peak_device_used is not None:
             out["peak_device_vram_used_gib"] = s.peak_device_used / GIB
+        before = ctx.notes.get("rss_before_load_bytes")
+        if before:  # the model's own memory: this process's peak less what it held before loading
+            out["model_rss_gib"] = max(own_peak - before, 0) / GIB
         out.update(torch_peaks())
         ctx.notes["memory"] = {
             "samples": s.samples, "interval_s": s.interval,

@@ -193,7 +193,9 @@ class RooflineProbe(Probe):
         "pct_of_measured": "higher",
         "pct_of_peak_with_kv": "higher",
     }
-    order = 60  # after throughput / decode, whose figures it reuses
+    # after throughput / decode, whose figures it reuses, and after memory: its bandwidth test
+    # copies 512 MiB (host) or 2 GiB (GPU) of buffers that are not the model's memory
+    order = 110
 
     def context_length(self, params: RooflineParams) -> int:
         return params.prompt_tokens + params.gen_tokens + 1

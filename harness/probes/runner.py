@@ -19,6 +19,15 @@ def _hook(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def _rss_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # the figure is a bonus; the probes run without it
+        return None
+
+
 def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, probes: dict[str, dict],
                  session_hooks: str | None = None) -> dict[str, Any]:
     """``session_hooks``: "module:function" called with the loaded session before any probe
@@ -33,6 +42,10 @@ def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, pr
     if any(p.needs_session for p, _ in chosen):
         n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
         runtime = RUNTIMES.get(runtime_name)()
+        for module in runtime.import_modules:  # libraries first: the memory before the model
+            importlib.import_module(module)
+        ctx.notes["n_ctx"] = n_ctx
+        ctx.notes["rss_before_load_bytes"] = _rss_bytes()
         t0 = time.perf_counter()
         ctx.session = runtime.load(Path(artifact_path), runtime.Params.model_validate(runtime_params), n_ctx)
         ctx.load_seconds = time.perf_counter() - t0

@@ -56,6 +56,7 @@ def summary_markdown(results: dict) -> str:
     for r in results["candidates"]:
         for v in r["verdicts"]:
             lines.append(f"- **{r['name']}** `{v['gate']}`: {v['verdict']} — {v['reason']}")
+    lines += probe_lines(recs) + planner_lines(recs)
     # every metric, one row each (suites and probes), candidates as columns
     lines += ["", "## All metrics", "", "| metric | " + " | ".join(r["name"] for r in recs) + " |",
               "|---|" + "---|" * len(recs)]
@@ -65,6 +66,75 @@ def summary_markdown(results: dict) -> str:
     lines += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} CPUs, {m['memory_gib']} GiB; "
               f"wall time {results['wall_seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "—" if v is None else f"{v:.{digits}g}"
+
+
+def _with_range(figs: dict, key: str) -> str:
+    if figs.get(key) is None:
+        return "—"
+    s = _fmt(figs[key])
+    if figs.get(f"{key}_min") is not None and figs.get(f"{key}_max") is not None:
+        s += f" ({_fmt(figs[key + '_min'], 3)}–{_fmt(figs[key + '_max'], 3)})"
+    return s
+
+
+def probe_lines(recs: list[dict]) -> list[str]:
+    """Speed and memory: one row per record, medians with min–max over the repetitions."""
+    cols: list[tuple[str, str, str]] = []  # (probe, metric, header)
+    for r in recs:
+        for probe, figs in (r.get("probes") or {}).items():
+            for k in figs:
+                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in [(c[0], c[1]) for c in cols]:
+                    continue
+                if probe == "memory" and k not in ("peak_rss_gib", "model_rss_gib", "peak_vram_gib",
+                                                   "torch_max_reserved_gib"):
+                    continue
+                if probe == "roofline" and k not in ("pct_of_peak", "achieved_gbps"):
+                    continue
+                if probe == "size" and k != "gib":
+                    continue
+                cols.append((probe, k, f"{probe} {k}"))
+    if not cols:
+        return []
+    out = ["", "## Speed and memory", "",
+           "Medians over the probe's repetitions, (min–max) beside them; measured in a process of its "
+           "own per candidate. tps = tokens/s, pP_bB = prompt tokens, batch; cC = concurrency.", "",
+           "| candidate | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in recs:
+        p = r.get("probes") or {}
+        out.append(f"| {r['name']} | " + " | ".join(_with_range(p.get(pr) or {}, k) for pr, k, _ in cols) + " |")
+    return out
+
+
+def planner_lines(recs: list[dict]) -> list[str]:
+    """The memory-fit planner's prediction beside the measurement, with its error."""
+    rows = [r for r in recs if isinstance(r.get("planner"), dict)]
+    if not rows:
+        return []
+    out = ["", "## Memory plan vs measured", "",
+           "Predicted by `quantgate plan-memory`'s model: weights against the artifact's size; the "
+           "probe process's model memory (weights as the runtime holds them + KV cache + buffers, for the "
+           "workload the probes ran) against the memory probe's `model_rss_gib` (peak RSS less the RSS "
+           "before loading; on a GPU, the process's peak VRAM). Error = (predicted − measured) / measured.", "",
+           "| candidate | weights GiB | size GiB | error | probe predicted GiB | measured GiB | error | "
+           "predicted total GiB (GPU, suites' context) | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["planner"]
+        if p.get("error"):
+            out.append(f"| {r['name']} | — | — | — | — | — | — | — | {p['error']} |")
+            continue
+        size = (r.get("metrics") or {}).get("size.gib", {}).get("value")
+        pp = p.get("probe_prediction") or {}
+        pct = lambda v: "—" if v is None else f"{v:+.1f}%"  # noqa: E731
+        note = "; ".join(x for x in (pp.get("weights_as"), pp.get("workload")) if x)
+        out.append(f"| {r['name']} | {_fmt(p.get('weights_gib'))} | {_fmt(size)} | {pct(p.get('weights_error_pct'))} | "
+                   f"{_fmt(p.get('probe_predicted_gib'))} | {_fmt(p.get('probe_measured_gib'))} | "
+                   f"{pct(p.get('probe_error_pct'))} | {_fmt(p.get('total_gib'))} | {note.replace('|', '/')} |")
+    return out
 
 
 def write_reports(results: dict, run_dir: Path) -> dict[str, Path]:

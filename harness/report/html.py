@@ -366,6 +366,8 @@ def _probe_table(results: dict) -> str:
     # x_min / x_max beside x print as one column: "x (min–max)"
     ranged = {c for c in cols if f"{c}_min" in cols and f"{c}_max" in cols}
     cols = [c for c in cols if not any(c in (f"{b}_min", f"{b}_max") for b in ranged)]
+    # std/mean stay in results.json and MLflow; the table shows median (min–max)
+    cols = [c for c in cols if not c.endswith(("_std", "_mean"))]
     extra = [("bits/weight", "bits_per_weight"), ("quantize s", "wall_seconds"),
              ("quantize peak RSS GiB", "peak_rss_gib")]
     extra = [(lab, key) for lab, key in extra
@@ -386,9 +388,25 @@ def _probe_table(results: dict) -> str:
     headers = ["candidate", *(esc(PROBE_LABELS.get(c, c.replace(".", " ").replace("_", " ")))
                               + (" <span class=small>(min–max)</span>" if c in ranged else "") for c in cols),
                *(esc(lab) for lab, _ in extra)]
-    return ("<h2>Probes</h2><p class=small>size, load time, decode speed, peak memory as measured on this "
-            "machine; quantize figures from the artifact manifest (a reused artifact keeps its first build's).</p>"
+    return ("<h2>Probes</h2><p class=small>size, load time, speed (tps: tokens/s; pP_bB: prompt tokens, batch; "
+            "cC: concurrency; medians with min–max), latency and peak memory as measured on this machine, in a "
+            "process of its own per candidate; quantize figures from the artifact manifest (a reused artifact keeps "
+            "its first build's).</p>"
             + table(headers, rows, num_cols=set(range(1, len(headers)))))
+
+
+def _planner_table(results: dict) -> str:
+    from harness.report import planner_lines
+
+    lines = planner_lines(F.records(results))
+    if not lines:
+        return ""
+    intro, head, rows = lines[3], lines[5], [ln for ln in lines[7:] if ln.startswith("|")]
+    cells = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]  # noqa: E731
+    headers = [esc(h) for h in cells(head)]
+    body = [[esc(c) for c in cells(ln)] for ln in rows]
+    return ("<h2>Memory plan vs measured</h2><p class=small>" + esc(intro).replace("`", "") + "</p>"
+            + table(headers, body, num_cols=set(range(1, len(headers) - 1))))
 
 
 def _errors(results: dict) -> str:
@@ -473,7 +491,7 @@ def render_html(results: dict) -> str:
                           f"{name}: thin error bars ± one standard error; thick grey segment beside a bar: "
                           "the gate's paired interval, where the verdict has one")
             for name, fig in bars) + "</div>")
-    parts += [_fidelity_table(results), _probe_table(results), _errors(results), _plan(results),
+    parts += [_fidelity_table(results), _probe_table(results), _planner_table(results), _errors(results), _plan(results),
               _machine(results)]
     body = "\n".join(p for p in parts if p)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -118,6 +118,9 @@ class Runtime:
     kind_label: ClassVar[str] = "runtime"
     #: params that change speed but not scores: left out of the result cache key
     speed_only_params: ClassVar[tuple[str, ...]] = ()
+    #: the libraries load() imports: the probe worker imports them before it reads the
+    #: process's memory, so that "model memory" (peak minus that) excludes the libraries
+    import_modules: ClassVar[tuple[str, ...]] = ()
 
     def unavailable(self) -> str | None:
         return None

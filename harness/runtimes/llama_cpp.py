@@ -234,6 +234,7 @@ class LlamaCppRuntime(Runtime):
     accepts = ("gguf",)
     extra = "llamacpp"
     speed_only_params = ("n_threads",)
+    import_modules = ("llama_cpp",)
 
     def _lib(self):
         try:

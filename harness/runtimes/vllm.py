@@ -18,6 +18,11 @@ Full-vocabulary distributions (the fidelity suite, lm-eval's one-token scoring)
 come from ``prompt_logprobs=-1``/``logprobs=-1`` with ``max_logprobs=-1`` set at
 load (``full_distributions``): they cross vLLM's process boundary as Python lists,
 about 20 s and several GiB for one 512-token window of a 49k vocabulary.
+
+Speed probes: ``greedy_decode``/``greedy_decode_batch`` time a one-token request against the
+full one on the whole batch (prefill, then decode as the difference); ``timed_requests`` steps
+the engine itself (``LLM.llm_engine.add_request``/``step``, streamed outputs) to time each
+request's first token and end with a bounded number in flight.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import gc
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -275,24 +281,118 @@ class VllmSession(Session):
             texts[i] = out.outputs[0].text  # vLLM leaves the stop string out
         return texts
 
-    def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
-        # prefill = a request for one token; decode = the same request for 1 + n_tokens, minus
-        # that. Neither may reuse the other's KV cache (skip_reading_prefix_cache).
-        def timed(n: int) -> float:
-            params = self._params(max_tokens=n, ignore_eos=True, detokenize=False,
-                                  skip_reading_prefix_cache=True)
-            t0 = time.perf_counter()
-            out = self._run([prompt], params)[0]
-            dt = time.perf_counter() - t0
-            if len(out.outputs[0].token_ids) != n:
-                raise RuntimeError(f"vllm generated {len(out.outputs[0].token_ids)} tokens, asked for {n}")
-            return dt
+    def _check_decode(self, prompts: list[list[int]], n_tokens: int) -> None:
+        if not prompts:
+            raise ValueError("no prompts")
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        for p in prompts:
+            # 1 + n_tokens tokens are generated; the last one is never fed back
+            if len(p) + n_tokens + 1 > self.n_ctx:
+                raise ValueError(f"prompt of {len(p)} + {n_tokens} tokens exceeds n_ctx={self.n_ctx}")
 
-        if len(prompt) + n_tokens > self.n_ctx:
-            raise ValueError(f"prompt of {len(prompt)} + {n_tokens} tokens exceeds n_ctx={self.n_ctx}")
-        prefill = timed(1)
-        total = timed(1 + n_tokens)
-        return {"prefill_seconds": prefill, "decode_seconds": max(total - prefill, 0.0)}
+    def _decode_params(self, max_tokens: int, **kw):
+        # greedy, EOS ignored, exactly max_tokens tokens; no request may reuse another's KV
+        # cache (skip_reading_prefix_cache): every timed prefill computes the whole prompt
+        return self._params(max_tokens=max_tokens, ignore_eos=True, detokenize=False,
+                            skip_reading_prefix_cache=True, **kw)
+
+    def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, Any]:
+        return self.greedy_decode_batch([prompt], n_tokens)
+
+    def greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int) -> dict[str, Any]:
+        """The prompts decoded together, greedily, EOS ignored. Timed as two ``generate`` calls
+        on the whole batch: one token per sequence (prefill: until every sequence has its
+        first token) and ``1 + n_tokens`` per sequence; decode = the difference (``n_tokens``
+        steps of the batch, as the other runtimes' decode loops feed ``n_tokens`` tokens).
+        ``tokens``: per sequence the ``n_tokens`` tokens fed after its prompt (the first
+        ``n_tokens`` generated). vLLM's scheduler batches the sequences; prompts may differ
+        in length."""
+        self._check_decode(prompts, n_tokens)
+
+        def timed(n: int) -> tuple[float, list[list[int]]]:
+            t0 = time.perf_counter()
+            outs = self._run(prompts, self._decode_params(n))
+            dt = time.perf_counter() - t0
+            tokens = [list(out.outputs[0].token_ids) for out in outs]
+            if any(len(t) != n for t in tokens):
+                raise RuntimeError(f"vllm generated {[len(t) for t in tokens]} tokens, asked for {n} each")
+            return dt, tokens
+
+        prefill, _ = timed(1)
+        total, tokens = timed(1 + n_tokens)
+        return {"prefill_seconds": prefill, "decode_seconds": max(total - prefill, 0.0),
+                "tokens": [t[:n_tokens] for t in tokens]}
+
+    def timed_requests(self, prompts: list[list[int]], n_tokens: int,
+                       concurrency: int) -> list[dict[str, float]]:
+        """Each prompt as its own request (greedy, EOS ignored, ``1 + n_tokens`` tokens: the
+        first token, then ``n_tokens`` decode steps, as in ``greedy_decode``), at most
+        ``concurrency`` in flight: the engine (``LLM.llm_engine``) is stepped here, the next
+        request added as soon as one finishes. Each request is timed from its ``add_request``:
+        ``ttft_seconds`` when the step that brings its first token returns (streamed outputs,
+        ``RequestOutputKind.DELTA``), ``e2e_seconds`` when the step that finishes it returns.
+        Returns the timings in the order of ``prompts``."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self._check_decode(prompts, n_tokens)
+        for p in prompts:
+            if not p:
+                raise ValueError("empty prompt")
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("vllm: the engine has unfinished requests; timed_requests needs it idle")
+        tag = f"qg-timed-{uuid.uuid4().hex[:12]}"
+        rids = [f"{tag}-{i}" for i in range(len(prompts))]
+        index = {rid: i for i, rid in enumerate(rids)}
+        start: dict[str, float] = {}
+        first: dict[str, float] = {}
+        end: dict[str, float] = {}
+        produced = dict.fromkeys(rids, 0)
+        waiting = list(reversed(rids))
+        running: set[str] = set()
+
+        def submit() -> None:
+            while waiting and len(running) < concurrency:
+                rid = waiting.pop()
+                params = self._decode_params(1 + n_tokens, output_kind=RequestOutputKind.DELTA)
+                prompt = TokensPrompt(prompt_token_ids=list(map(int, prompts[index[rid]])))
+                start[rid] = time.perf_counter()
+                engine.add_request(rid, prompt, params)
+                running.add(rid)
+
+        try:
+            submit()
+            while running:
+                outs = engine.step()
+                now = time.perf_counter()
+                for out in outs:
+                    rid = out.request_id
+                    if rid not in running:
+                        continue
+                    n = len(out.outputs[0].token_ids) if out.outputs else 0
+                    produced[rid] += n
+                    if n and rid not in first:
+                        first[rid] = now
+                    if out.finished:
+                        end[rid] = now
+                        running.discard(rid)
+                submit()
+                if running and not engine.has_unfinished_requests() and running:
+                    raise RuntimeError(f"vllm: requests {sorted(running)} vanished from the engine")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if running:
+                    engine.abort_request(sorted(running))
+            raise
+        bad = {rid: produced[rid] for rid in rids if produced[rid] != 1 + n_tokens or rid not in first}
+        if bad:
+            raise RuntimeError(f"vllm: requests generated {bad} tokens, asked for {1 + n_tokens} each")
+        return [{"ttft_seconds": first[rid] - start[rid], "e2e_seconds": end[rid] - start[rid]}
+                for rid in rids]
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
