@@ -51,7 +51,10 @@ def figures():
                     "baseline checkpoint of the embedded SmolLM2-135M; WikiText-2 test (LF newlines), "
                     f"{N_WINDOWS} windows x {CTX} tokens as the perplexity suite cuts them; tokens_per_s "
                     "counts input tokens (token_logprobs: one window per call, after one untimed "
-                    "warm-up request; score_many: the 8 windows in one call); RSS: this process "
+                    "warm-up request; score_many: the 8 windows in one call); greedy_decode figures are single "
+                    "unwarmed calls (prefill = a 1-token request, decode = the 1+n-token request minus it); "
+                    "probes_p32_gen8: the throughput probe (batch 1 and 2, 2 repetitions) and the latency probe "
+                    "(4 requests, concurrency 2) through the probe worker in a spawned process; RSS: this process "
                     "(which also ran the transformers reference) plus vLLM's engine and worker "
                     "processes; the 2 CPUs are shared with other jobs (see loadavg)",
             "command": f"QUANTGATE_VLLM_BENCH={out} python3 -m nox -s vllm",
@@ -281,7 +284,86 @@ def test_chat_prompt_and_eos(vsession):
 def test_greedy_decode(vsession, windows, figures):
     t = vsession.greedy_decode(windows[0][:128], 32)
     assert t["prefill_seconds"] > 0 and t["decode_seconds"] > 0
-    figures.setdefault("vllm", {})["greedy_decode_128_prompt_32_tokens"] = {k: round(v, 3) for k, v in t.items()}
+    assert len(t["tokens"]) == 1 and len(t["tokens"][0]) == 32
+    figures.setdefault("vllm", {})["greedy_decode_128_prompt_32_tokens"] = {
+        k: round(v, 3) for k, v in t.items() if k != "tokens"}
     figures["vllm"]["decode_tokens_per_s"] = round(32 / t["decode_seconds"], 1)
     with pytest.raises(ValueError):
         vsession.token_logprobs(list(range(100, 100 + CTX + 1)))  # longer than n_ctx
+
+
+def test_greedy_decode_batch_matches_one_at_a_time(vsession, figures):
+    """The batch hook decodes each sequence as batch 1 would (3 different prompts, greedy
+    float32): the same tokens; the timings are positive."""
+    from harness.probes.timing import prompt_ids
+
+    prompts = [prompt_ids(vsession, 48, offset=7 * i) for i in range(3)]
+    assert len({tuple(p) for p in prompts}) == 3
+    batch = vsession.greedy_decode_batch(prompts, 12)
+    assert batch["prefill_seconds"] > 0 and batch["decode_seconds"] > 0
+    assert len(batch["tokens"]) == 3 and all(len(t) == 12 for t in batch["tokens"])
+    singles = [vsession.greedy_decode(p, 12) for p in prompts]
+    assert [s["tokens"][0] for s in singles] == batch["tokens"]
+    # the tokens are the greedy path: the first is the argmax after the prompt
+    assert batch["tokens"][0][0] == int(np.argmax(vsession.next_token_distribution(prompts[0])))
+    figures.setdefault("vllm", {})["greedy_decode_batch_3x48_prompt_12_tokens"] = {
+        k: round(v, 3) for k, v in batch.items() if k != "tokens"}
+    with pytest.raises(ValueError):
+        vsession.greedy_decode_batch([list(range(100, 100 + CTX - 4))], 8)  # past n_ctx
+
+
+def test_timed_requests(vsession, monkeypatch):
+    from harness.probes.timing import prompt_ids
+
+    prompts = [prompt_ids(vsession, 32, offset=3 * i) for i in range(4)]
+    calls = []
+    add = vsession.llm.llm_engine.add_request
+
+    def spy(*a, **k):
+        calls.append(vsession.llm.llm_engine.get_num_unfinished_requests())
+        return add(*a, **k)
+
+    monkeypatch.setattr(vsession.llm.llm_engine, "add_request", spy)
+    timings = vsession.timed_requests(prompts, 8, concurrency=2)
+    monkeypatch.undo()
+    assert len(timings) == 4
+    for t in timings:
+        assert set(t) == {"ttft_seconds", "e2e_seconds"}
+        assert 0 < t["ttft_seconds"] < t["e2e_seconds"]
+    assert len(calls) == 4 and max(calls) < 2  # never more than 2 in flight
+    assert calls[:2] == [0, 1]  # the first two went in together
+    assert not vsession.llm.llm_engine.has_unfinished_requests()
+    # the engine is still usable by the LLM front end afterwards
+    assert vsession.generate(prompts[0], 4, []) != ""
+
+
+def test_probes_through_probe_worker(hf_path, vsession, figures):
+    """The throughput probe at batch 2 and the latency probe at concurrency 2 through the probe
+    worker (spawned, as the pipeline runs it; its own small-KV engine): figures, no skipped shape."""
+    from harness.isolate import run_isolated
+    from harness.probes.runner import probe_worker
+    from harness.probes.timing import shape_key
+
+    probes = {"throughput": {"prompt_tokens": [32], "batch_sizes": [1, 2], "gen_tokens": 8,
+                             "repetitions": 2},
+              "latency": {"prompt_tokens": 32, "gen_tokens": 8, "requests": 4, "concurrency": 2}}
+    res = run_isolated(probe_worker, "vllm", {"kv_cache_gib": 0.25}, str(hf_path), probes)
+    tp = res["figures"]["throughput"]
+    notes = res["notes"]["throughput"]
+    assert notes["skipped_shapes"] == [] and notes["batch_hook"]
+    for b in (1, 2):
+        for kind in ("prefill_tps", "decode_tps"):
+            k = shape_key(kind, 32, b)
+            assert 0 < tp[k + "_min"] <= tp[k] <= tp[k + "_max"]
+    lat = res["figures"]["latency"]
+    assert "skipped" not in res["notes"]["latency"]
+    assert len(res["notes"]["latency"]["timings"]) == 4
+    assert 0 < lat["ttft_seconds_p50_c2"] < lat["e2e_seconds_p50_c2"] <= lat["e2e_seconds_max_c2"]
+    assert lat["itl_seconds_p50_c2"] > 0
+    figures.setdefault("vllm", {})["probes_p32_gen8"] = {
+        "throughput": {k: round(tp[shape_key(kind, 32, b)], 1)
+                       for b in (1, 2) for kind in ("prefill_tps", "decode_tps")
+                       for k in [shape_key(kind, 32, b)]},
+        "latency_c2": {k: round(v, 4) for k, v in lat.items()},
+        "load_seconds": round(res["load_seconds"], 2),
+    }

@@ -424,6 +424,7 @@ class VllmRuntime(Runtime):
     accepts = ("hf",)
     extra = "vllm"
     speed_only_params = ("n_threads", "kv_cache_gib", "gpu_memory_utilization", "full_distributions")
+    import_modules = ("vllm",)
 
     def unavailable(self) -> str | None:
         missing = package_missing("vllm", f"runtime {self.name!r}", "vllm", self.extra)
