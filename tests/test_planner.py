@@ -414,3 +414,52 @@ def test_type_mix_matches_llama_cpp_tensor_by_tensor(tmp_path_factory, ftype):
     assert not any("fell back" in n for n in predicted.notes)
     assert math.isclose(P.ModelShape.from_config(config).n_params,
                         sum(t.n_elements for t, _, _ in tensors))
+
+
+# ----------------------------------------------------- the probe process's prediction
+# SmolLM2-135M: 30 layers, 3 KV heads x 64, hidden 576, 9 heads, FFN 1536, vocab 49152
+KV_F16_PER_TOKEN = 2 * 30 * 3 * 64 * 2
+
+
+def _compute_buffer_by_hand(ctx: int) -> int:
+    ub = min(512, ctx)
+    return max(ub * 49152 * 4, ctx * ub * 10 * 4, ub * 1536 * 8) + 2 * ub * 576 * 4
+
+
+def test_probe_peak_llama_cpp_by_hand(embedded_f16):
+    """Session context (289 tokens) + the batch context of the largest batch shape (4 sequences
+    of 289 tokens, padded to 512 each), each with its compute buffer; no CUDA context on CPU."""
+    p = P.predict_probe_peak(embedded_f16, "llama-cpp", n_ctx=289, shapes=[[97, 1], [97, 4], [289, 4]],
+                             device="cpu")
+    weights = P.plan_memory(embedded_f16)["weights"]["bytes"]
+    kv = KV_F16_PER_TOKEN * (289 + 4 * 512)
+    reserve = _compute_buffer_by_hand(289) + _compute_buffer_by_hand(512)
+    assert reserve == 58_151_424 + 103_022_592
+    assert p["total_gib"] == pytest.approx((weights + kv + reserve) / 2**30, abs=2e-4)
+    assert p["kv_cache_gib"] == pytest.approx(kv / 2**30, abs=1e-4)
+    assert "4 x 512" in p["workload"]
+    # on a GPU the CUDA context reserve comes on top; without batch shapes only the session counts
+    gpu = P.predict_probe_peak(embedded_f16, "llama-cpp", n_ctx=289, shapes=None, device="cuda")
+    assert gpu["total_gib"] == pytest.approx(
+        (weights + KV_F16_PER_TOKEN * 289 + _compute_buffer_by_hand(289)) / 2**30 + 0.25, abs=2e-4)
+
+
+def test_probe_peak_transformers_dense_weights(embedded_f16):
+    """A checkpoint the runtime holds as dense float32: n_params x 4 bytes whatever the file's
+    bit width, a float32 KV cache, and from_pretrained's load peak (the stored tensors and
+    their float32 copies at once) when that is larger than the workload."""
+    folder = embedded_f16.parent.parent / embedded_f16.parent.name.replace("-f16", "-hf-bf16") / "hf-bf16"
+    if not (folder / "config.json").is_file():
+        pytest.skip("no BF16 safetensors baseline in the store")
+    n_params = P.plan_memory(folder)["model"]["n_params"]
+    info = {"dtype": "float32", "weights": "dense", "device": "cpu"}
+    p = P.predict_probe_peak(folder, "transformers", n_ctx=289, shapes=[[289, 4]], device="cpu", session_info=info)
+    assert p["weights_gib"] == pytest.approx(n_params * 4 / 2**30, abs=1e-4)
+    assert p["kv_cache_gib"] == pytest.approx(2 * KV_F16_PER_TOKEN * 289 * 4 / 2**30, abs=1e-4)  # f32: 2x f16
+    assert p["total_gib"] == pytest.approx((269_030_016 + n_params * 4) / 2**30, abs=1e-4)
+    assert p["workload"].startswith("load")
+    # packed weights (decompressed on every forward) stay at the file's bytes, KV in f16
+    packed = P.predict_probe_peak(folder, "transformers", n_ctx=289, device="cpu",
+                                  session_info={"dtype": "bfloat16", "weights": "packed, decompressed on every forward"})
+    assert packed["weights_gib"] == pytest.approx(269_030_016 / 2**30, abs=1e-4)
+    assert packed["total_gib"] == pytest.approx((269_030_016 + KV_F16_PER_TOKEN * 289) / 2**30, abs=1e-4)

@@ -283,3 +283,34 @@ def test_report_in_headless_chromium(tmp_path):
     w, h, levels, inked = _png_stats(shot)
     assert w >= 1000 and h > 900
     assert levels > 16 and inked > 0.02, f"the screenshot looks blank ({levels} grey levels, {inked:.1%} inked)"
+
+
+def test_speed_and_memory_plan_tables():
+    """Throughput/latency medians with their ranges and the planner's prediction beside the
+    measurement, with its error, in summary.md and report.html; a planner that failed is a row
+    with its message, not a missing report."""
+    from harness.report import summary_markdown
+
+    results = make_results()
+    q8 = results["candidates"][0]
+    q8["probes"]["throughput"] = {"decode_tps_p128_b4": 120.0, "decode_tps_p128_b4_min": 110.0,
+                                  "decode_tps_p128_b4_max": 130.0, "decode_tps_p128_b4_std": 9.9,
+                                  "decode_tps_p128_b4_mean": 121.0}
+    q8["probes"]["latency"] = {"ttft_seconds_p50_c1": 0.15}
+    q8["probes"]["memory"]["model_rss_gib"] = 0.2
+    q8["planner"] = {"weights_gib": 0.132, "weights_error_pct": -2.2, "total_gib": 0.6,
+                     "probe_predicted_gib": 0.22, "probe_measured_gib": 0.2, "probe_error_pct": 10.0,
+                     "probe_prediction": {"weights_as": "as-is (Q8_0) as stored",
+                                          "workload": "session context + batch context (4 x 256 tokens)"}}
+    results["candidates"][1]["planner"] = {"error": "ValueError: no config"}
+    md = summary_markdown(results)
+    speed = md[md.index("## Speed and memory"):md.index("## Memory plan vs measured")]
+    assert "throughput decode_tps_p128_b4" in speed and "120 (110–130)" in speed
+    assert "_std" not in speed and "latency ttft_seconds_p50_c1" in speed and "memory model_rss_gib" in speed
+    plan = md[md.index("## Memory plan vs measured"):md.index("## All metrics")]
+    row = next(ln for ln in plan.splitlines() if ln.startswith("| q8_0 |"))
+    assert "| 0.132 | 0.135 | -2.2% | 0.22 | 0.2 | +10.0% | 0.6 |" in row and "4 x 256 tokens" in row
+    assert "| q4_k_m | — |" in plan and "ValueError: no config" in plan
+    page = render_html(results)
+    assert "Memory plan vs measured" in page and "+10.0%" in page and "ValueError: no config" in page
+    assert "decode tps p128 b4" in page and "decode tps p128 b4 std" not in page

@@ -150,3 +150,7 @@ def test_planner_prediction_beside_measurement(smoke_runs):
         # tensor bytes predicted vs the file on disk (which adds metadata and the tokenizer)
         assert abs(plan["weights_error_pct"]) < 5, (rec["name"], plan)
         assert rec["metrics"]["planner.total_gib"]["value"] > plan["weights_gib"]
+        # the probe process's model memory: predicted for its workload vs measured there
+        assert plan["probe_measured_gib"] > 0 and plan["probe_predicted_gib"] > plan["weights_gib"]
+        assert abs(plan["probe_error_pct"]) < 60, (rec["name"], plan)
+        assert rec["metrics"]["planner.probe_error_pct"]["value"] == plan["probe_error_pct"]
