@@ -420,6 +420,11 @@ def log_run(results: dict, spec, run_dir: Path) -> dict:
             if table is not None and log.step(f"{rec['name']} table {path}", client.log_table, cid,
                                               data=table, artifact_file=path)[0]:
                 tables.setdefault(rec["name"], []).append(path)
+        if rec.get("probes") or rec.get("planner"):
+            # the probes' raw repetitions, machine notes and the planner's prediction beside them
+            log(f"{rec['name']} probes.json", client.log_dict, cid,
+                {"figures": rec.get("probes"), "notes": rec.get("probe_notes"), "planner": rec.get("planner")},
+                "probes.json")
         err_log = (rec.get("error") or {}).get("log")
         if err_log and Path(err_log).is_file():
             log(f"{rec['name']} log {err_log}", client.log_artifact, cid, err_log, "logs")

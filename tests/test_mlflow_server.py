@@ -181,6 +181,15 @@ def test_child_metrics_params_tags(runs, mlflow_server):  # noqa: F811
             assert p["method"] == "baseline"
     q2 = client.get_run(tr["child_run_ids"]["q2_k"])
     assert q2.data.tags["gate.ppl-increase"] == "FAIL" and q2.data.tags["verdict"] == "FAIL"
+    # the probes' notes and the planner's prediction as an artifact of each child run
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    logged = mlflow.artifacts.load_dict(f"runs:/{tr['child_run_ids']['q8_0']}/probes.json")
+    q8 = next(r for r in _records(res) if r["name"] == "q8_0")
+    assert logged["planner"]["probe_error_pct"] == pytest.approx(q8["planner"]["probe_error_pct"])
+    assert logged["figures"]["memory"]["peak_rss_gib"] == pytest.approx(q8["probes"]["memory"]["peak_rss_gib"])
+    assert logged["notes"]["machine"]["cpu"]
 
 
 def test_item_tables(runs, mlflow_server, monkeypatch):  # noqa: F811
