@@ -435,3 +435,29 @@ def test_batch_decode_matches_one_sequence_at_a_time(qg_home, runtime, fmt):
         np.testing.assert_allclose(after, before, atol=1e-4)
     finally:
         session.close()
+
+
+def test_llama_cpp_timed_requests_serve_like_slots(qg_home):
+    """llama.cpp's concurrency hook: 5 requests of different lengths through 2 and 3 slots of one
+    context; each request gets the tokens it gets alone (slots reused after their KV is cleared),
+    and the latency probe reports figures at that concurrency."""
+    from harness import baseline
+    from harness.config import EMBEDDED_MODEL
+    from harness.probes.timing import prompt_ids
+    from harness.runtimes import REGISTRY as RUNTIMES
+
+    rt = RUNTIMES.get("llama-cpp")()
+    session = rt.load(baseline.derive(EMBEDDED_MODEL, "gguf", log=lambda m: None), rt.Params(n_threads=1), 256)
+    try:
+        prompts = [prompt_ids(session, 20 + 5 * i, offset=3 * i) for i in range(5)]
+        alone = [session.greedy_decode(p, 6)["tokens"][0] for p in prompts]
+        for c in (2, 3):
+            timings = session.timed_requests(prompts, 6, c)
+            assert [t["tokens"] for t in timings] == alone
+            assert all(0 < t["ttft_seconds"] < t["e2e_seconds"] for t in timings)
+        ctx = ProbeContext(artifact_path=Path("."), session=session)
+        out = LatencyProbe().measure(ctx, LatencyParams(prompt_tokens=24, gen_tokens=4, requests=4, concurrency=2))
+        assert 0 < out["ttft_seconds_p50_c2"] <= out["ttft_seconds_max_c2"] < out["e2e_seconds_max_c2"]
+        assert "skipped" not in ctx.notes["latency"]
+    finally:
+        session.close()

@@ -13,7 +13,8 @@ Concurrency 1 (C = 1) runs in process on every runtime, one request after the ot
 ``Session.greedy_decode``. Concurrency > 1 needs the session hook
 ``timed_requests(prompts, n_tokens, concurrency) -> [{"ttft_seconds", "e2e_seconds"}, ...]``:
 all requests submitted, at most ``concurrency`` in flight, each timed from its own submission
-(e.g. vLLM's AsyncLLM with streaming outputs: the first chunk's arrival is the first token).
+(vLLM: its engine stepped with streaming outputs; llama.cpp: parallel slots of one context, as
+llama-server serves them).
 Sessions without it are skipped (named in the probe notes).
 """
 

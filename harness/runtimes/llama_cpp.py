@@ -197,6 +197,56 @@ class LlamaCppSession(Session):
         t2 = time.perf_counter()
         return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1, "tokens": tokens}
 
+    def timed_requests(self, prompts: list[list[int]], n_tokens: int, concurrency: int) -> list[dict[str, float]]:
+        """Requests served as llama.cpp's server serves parallel slots: at most ``concurrency``
+        sequences share one context, and every ``llama_decode`` carries one token of each
+        decoding request plus prompt chunks of newly admitted ones (a request takes the first
+        free slot, in order). Each request is timed from its admission: TTFT when its first
+        token's logits come back, e2e after ``n_tokens`` more tokens (greedy, EOS ignored).
+        Returns per request ``ttft_seconds``, ``e2e_seconds`` and ``tokens``."""
+        llm = self.llm
+        n_slots = max(1, min(concurrency, len(prompts)))
+        ctx, batch = self._batch_context(n_slots, max(map(len, prompts)) + n_tokens + 1)
+        ctx.kv_cache_clear()
+        n_vocab, n_batch = llm.n_vocab(), batch._n_tokens
+        pending = list(range(len(prompts)))
+        free = list(range(n_slots))
+        active: dict[int, dict] = {}  # slot -> request state
+        out: list[dict | None] = [None] * len(prompts)
+        while pending or active:
+            while pending and free:  # admit
+                slot, r = free.pop(0), pending.pop(0)
+                active[slot] = {"req": r, "fed": 0, "start": time.perf_counter(), "tokens": [], "last": None}
+            rows: list[tuple[int, int, int, bool]] = []
+            for slot, st in active.items():  # one token of every decoding request
+                if st["last"] is not None:
+                    rows.append((st["last"], len(prompts[st["req"]]) + len(st["tokens"]) - 1, slot, True))
+            for slot, st in active.items():  # prompt chunks in the room left
+                prompt = prompts[st["req"]]
+                while st["fed"] < len(prompt) and len(rows) < n_batch:
+                    rows.append((prompt[st["fed"]], st["fed"], slot, st["fed"] == len(prompt) - 1))
+                    st["fed"] += 1
+            _fill(batch.batch, rows)
+            ctx.decode(batch)
+            now = time.perf_counter()
+            for j, (_, _, slot, want) in enumerate(rows):
+                if not want:
+                    continue
+                st = active[slot]
+                token = int(np.argmax(np.ctypeslib.as_array(ctx.get_logits_ith(j), shape=(n_vocab,))))
+                if st["last"] is None:
+                    st["ttft"] = now - st["start"]
+                st["tokens"].append(token)
+                st["last"] = token
+                if len(st["tokens"]) > n_tokens:  # the first token + n_tokens more
+                    out[st["req"]] = {"ttft_seconds": st["ttft"], "e2e_seconds": now - st["start"],
+                                      "tokens": st["tokens"][:n_tokens]}
+                    ctx.kv_cache_seq_rm(slot, -1, -1)
+                    del active[slot]
+                    free.append(slot)
+            free.sort()
+        return out  # type: ignore[return-value]
+
     def _batch_context(self, n_seq: int, per_seq: int):
         from llama_cpp import _internals
 
