@@ -82,30 +82,28 @@ def _with_range(figs: dict, key: str) -> str:
 
 
 def probe_lines(recs: list[dict]) -> list[str]:
-    """Speed and memory: one row per record, medians with min–max over the repetitions."""
-    cols: list[tuple[str, str, str]] = []  # (probe, metric, header)
+    """Speed and memory: one row per figure, candidates as columns (a plan's probes give many
+    figures and few candidates), medians with min–max over the repetitions."""
+    rows: list[tuple[str, str]] = []  # (probe, metric)
+    keep = {"memory": ("peak_rss_gib", "model_rss_gib", "peak_vram_gib", "torch_max_reserved_gib"),
+            "roofline": ("pct_of_peak", "achieved_gbps"), "size": ("gib",)}
     for r in recs:
         for probe, figs in (r.get("probes") or {}).items():
             for k in figs:
-                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in [(c[0], c[1]) for c in cols]:
+                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in rows:
                     continue
-                if probe == "memory" and k not in ("peak_rss_gib", "model_rss_gib", "peak_vram_gib",
-                                                   "torch_max_reserved_gib"):
+                if probe in keep and k not in keep[probe]:
                     continue
-                if probe == "roofline" and k not in ("pct_of_peak", "achieved_gbps"):
-                    continue
-                if probe == "size" and k != "gib":
-                    continue
-                cols.append((probe, k, f"{probe} {k}"))
-    if not cols:
+                rows.append((probe, k))
+    if not rows:
         return []
     out = ["", "## Speed and memory", "",
            "Medians over the probe's repetitions, (min–max) beside them; measured in a process of its "
-           "own per candidate. tps = tokens/s, pP_bB = prompt tokens, batch; cC = concurrency.", "",
-           "| candidate | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in recs:
-        p = r.get("probes") or {}
-        out.append(f"| {r['name']} | " + " | ".join(_with_range(p.get(pr) or {}, k) for pr, k, _ in cols) + " |")
+           "own per candidate. tps = tokens/s; pP_bB = prompt tokens, batch; cC = concurrency.", "",
+           "| probe | figure | " + " | ".join(r["name"] for r in recs) + " |", "|---|---|" + "---|" * len(recs)]
+    for probe, k in rows:
+        out.append(f"| {probe} | {k} | " + " | ".join(_with_range((r.get("probes") or {}).get(probe) or {}, k)
+                                                   for r in recs) + " |")
     return out
 
 
