@@ -35,15 +35,17 @@ def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, pr
     from harness.probes import REGISTRY, ProbeContext, record_machine
     from harness.runtimes import REGISTRY as RUNTIMES
 
-    # creating the probes first starts the memory probe's sampler before the model loads
+    runtime = RUNTIMES.get(runtime_name)()
+    # the runtime's libraries before anything else: a CUDA build of llama-cpp-python crashed
+    # loading a model when the probes (NVML, psutil) were set up first (H100, 2026-11-23)
+    for module in runtime.import_modules:
+        importlib.import_module(module)
+    # creating the probes then starts the memory probe's sampler before the model loads
     chosen = sorted(((REGISTRY.get(n)(), raw) for n, raw in probes.items()), key=lambda p: p[0].order)
     chosen = [(p, p.Params.model_validate(raw or {})) for p, raw in chosen]
     ctx = ProbeContext(artifact_path=Path(artifact_path))
     if any(p.needs_session for p, _ in chosen):
         n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
-        runtime = RUNTIMES.get(runtime_name)()
-        for module in runtime.import_modules:  # libraries first: the memory before the model
-            importlib.import_module(module)
         ctx.notes["n_ctx"] = n_ctx
         ctx.notes["rss_before_load_bytes"] = _rss_bytes()
         t0 = time.perf_counter()

@@ -53,10 +53,14 @@ def _fill(batch, tokens: list[tuple[int, int, int, bool]]) -> None:
 
 
 class LlamaCppSession(Session):
-    def __init__(self, llm):
+    def __init__(self, llm, info: dict | None = None):
         self.llm = llm
+        self._info = dict(info or {})
         self.n_ctx = llm.n_ctx()
         self.stop_token_ids = tuple(t for t in {llm.token_eos()} if t >= 0)
+
+    def info(self) -> dict:
+        return dict(self._info)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
@@ -316,7 +320,16 @@ class LlamaCppRuntime(Runtime):
             seed=params.seed,
             verbose=False,
         )
-        return LlamaCppSession(llm)
+        # where the weights run: the probes' roofline and the planner's comparison read it
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        on_gpu = offload and params.n_gpu_layers != 0
+        n_layers = int(llm.metadata.get(f"{llm.metadata.get('general.architecture', 'llama')}.block_count", 0)) or None
+        return LlamaCppSession(llm, {
+            "device": "cuda" if on_gpu else "cpu", "gpu_offload_supported": offload,
+            "n_gpu_layers": params.n_gpu_layers, "n_layers": n_layers,
+            "weights": "all layers on the GPU" if on_gpu and (params.n_gpu_layers < 0 or
+                                                            (n_layers and params.n_gpu_layers >= n_layers))
+            else (f"{params.n_gpu_layers} layers on the GPU" if on_gpu else "CPU")})
 
     def describe(self, params: LlamaCppParams) -> dict:
         d = params.model_dump()
