@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import types
 import urllib.parse
@@ -181,11 +182,11 @@ def test_child_metrics_params_tags(runs, mlflow_server):  # noqa: F811
             assert p["method"] == "baseline"
     q2 = client.get_run(tr["child_run_ids"]["q2_k"])
     assert q2.data.tags["gate.ppl-increase"] == "FAIL" and q2.data.tags["verdict"] == "FAIL"
-    # the probes' notes and the planner's prediction as an artifact of each child run
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    logged = mlflow.artifacts.load_dict(f"runs:/{tr['child_run_ids']['q8_0']}/probes.json")
+    # the probes' notes and the planner's prediction as an artifact of each child run (read with
+    # the client: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to later CLI runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(tr["child_run_ids"]["q8_0"], "probes.json", tmp)
+        logged = json.loads(Path(path).read_text())
     q8 = next(r for r in _records(res) if r["name"] == "q8_0")
     assert logged["planner"]["probe_error_pct"] == pytest.approx(q8["planner"]["probe_error_pct"])
     assert logged["figures"]["memory"]["peak_rss_gib"] == pytest.approx(q8["probes"]["memory"]["peak_rss_gib"])

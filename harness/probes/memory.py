@@ -62,6 +62,10 @@ class TreeSampler:
 
         self._psutil = psutil
         self.root = psutil.Process(pid or os.getpid())
+        try:
+            self._root_cmdline = self.root.cmdline()
+        except psutil.Error:  # pragma: no cover
+            self._root_cmdline = None
         self.interval = interval
         self.rescan = rescan
         self.gpu = gpu
@@ -110,6 +114,16 @@ class TreeSampler:
             fresh[p.pid] = self._children.get(p.pid, p)
         self._children = fresh
 
+    def _forked_not_exec(self, p) -> bool:
+        """A child caught between fork and exec still maps its parent's pages (copy-on-write) and
+        shows the parent's RSS for a moment: not memory of its own. Seen as a young child with
+        the parent's command line; a fork that never execs (multiprocessing's fork start
+        method) counts again after a second."""
+        try:
+            return time.time() - p.create_time() < 1.0 and p.cmdline() == self._root_cmdline
+        except self._psutil.Error:
+            return True
+
     def sample(self) -> None:
         with self._lock:
             self._scan()
@@ -119,6 +133,8 @@ class TreeSampler:
                 own = 0
             kids = 0
             for pid, p in list(self._children.items()):
+                if self._forked_not_exec(p):
+                    continue
                 try:
                     rss = p.memory_info().rss
                 except self._psutil.Error:
