@@ -37,6 +37,24 @@ workers import llama_cpp first, and the parent never imports it (quantizing runs
     python benchmarks/gpu/llama_cpp_cuda.py collect --out X.json --build build.json run_llama.json run_tf.json ...
     # here: a dry run on CPU with small shapes (CPU llama-cpp-python, float32 transformers)
     python benchmarks/gpu/llama_cpp_cuda.py run --local --small --device cpu --out /tmp/x.json
+
+The re-run with the harness at HEAD (probes_h100_head.json): ``snapshot`` (here) replaces
+gpu_carry_b/harness with ``git archive HEAD harness`` and records the commit; the transformers
+run goes first and the build after it (the compiler's 16 jobs would share the CPU with the
+transformers run, whose batch-1 decode is bound by Python and kernel launches):
+
+    python benchmarks/gpu/llama_cpp_cuda.py snapshot
+    # call 1 (carry gpu_carry_a): wheels, part a and the source kept on the machine, no build yet
+    python3 benchmarks/gpu/llama_cpp_cuda.py build --defer --carry gpu_carry_a --out $OUT
+    # call 2 (carry gpu_carry_b): transformers, then the build started (own session)
+    python3 benchmarks/gpu/llama_cpp_cuda.py run --carry gpu_carry_b --only transformers-bfloat16 --out $OUT/run_tf.json
+    python3 benchmarks/gpu/llama_cpp_cuda.py build --carry /tmp/qg_gpu/carry_a --wait 0 --out $OUT
+    # call 3 (carry gpu_carry_b): waits for the build, then the llama-cpp runs
+    python3 benchmarks/gpu/llama_cpp_cuda.py run --carry gpu_carry_b --only llama-f16,llama-q4_k_m,llama-latency-c8 --wait 420 --out $OUT/run_llama.json
+
+In these runs the workers are harness's own ``probe_worker`` (which now imports the runtime's
+libraries first); a llama-cpp configuration whose worker dies is tried again with llama_cpp
+imported before harness (``llama_first_worker``), and the report says so (``worker``).
 """
 
 from __future__ import annotations
@@ -175,6 +193,17 @@ def pack(args) -> None:
         print(f"{d.name}: {size / 2**20:.1f} MiB")
 
 
+def snapshot(args) -> None:
+    """gpu_carry_b/harness := harness/ at HEAD (git archive), and the commit beside it."""
+    b = ROOT / "gpu_carry_b"
+    if (b / "harness").exists():
+        shutil.rmtree(b / "harness")
+    subprocess.run(f"git archive HEAD harness | tar -x -C {b}", shell=True, cwd=ROOT, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    (b / "harness_commit.txt").write_text(commit + "\n")
+    print(f"gpu_carry_b/harness at {commit}")
+
+
 # ---------------------------------------------------------------- device
 BUILD_SCRIPT = """set -x
 cd {src}
@@ -269,6 +298,13 @@ def build(args) -> None:
         print(f"kept part a ({(WORK / 'part_a.bin').stat().st_size} bytes) in {WORK}")
     facts = machine_facts()
     print(json.dumps(facts, indent=1))
+    if args.defer:
+        # keep the source on the machine for a later call's build (--carry WORK/carry_a)
+        (WORK / "carry_a").mkdir(exist_ok=True)
+        shutil.copy(carry / "llama_src.tar.gz", WORK / "carry_a" / "llama_src.tar.gz")
+        (Path(args.out) / "build_defer.json").write_text(json.dumps({"facts": facts}, indent=1))
+        print(f"deferred: the source kept in {WORK / 'carry_a'}")
+        return
     done = WORK / "build.done"
     if not done.is_file() and not (WORK / "build.pid").is_file():
         t0 = time.perf_counter()
@@ -290,7 +326,8 @@ def build(args) -> None:
     status = wait_build(args.wait)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(WORK / "build.log", out / "build.log")
+    if (WORK / "build.log").is_file():
+        shutil.copy(WORK / "build.log", out / "build.log")
     (out / "build.json").write_text(json.dumps(status, indent=1))
     print(json.dumps(status, indent=1))
 
@@ -327,7 +364,7 @@ def wait_build(limit: float) -> dict:
     return status
 
 
-def checked_inputs(carry: Path, need_hf: bool) -> tuple[dict[str, Path], dict]:
+def checked_inputs(carry: Path, need_hf: bool, need: set[str] | None = None) -> tuple[dict[str, Path], dict]:
     """The GGUF artifacts (F16, Q8_0, Q4_K_M) and the BF16 checkpoint, made on this machine."""
     from harness import baseline
 
@@ -354,6 +391,8 @@ def checked_inputs(carry: Path, need_hf: bool) -> tuple[dict[str, Path], dict]:
     info["f16"]["identical_to_reference"] = info["f16"]["sha256"] == expected["f16_gguf_sha256"]
     arts["f16"] = f16
     for name in ("q8_0", "q4_k_m"):
+        if need is not None and name not in need:
+            continue
         dst = WORK / f"model-{name.upper()}.gguf"
         t0 = time.perf_counter()
         if not dst.is_file():
@@ -377,20 +416,23 @@ def checked_inputs(carry: Path, need_hf: bool) -> tuple[dict[str, Path], dict]:
     return arts, info
 
 
-def configs(device: str, small: bool) -> list[dict]:
+def configs(device: str, small: bool, roofline_device: str | None = None) -> list[dict]:
     if small:
         tp = {"prompt_tokens": [32, 64], "batch_sizes": [1, 4], "gen_tokens": 8, "repetitions": 2}
         lat = {"prompt_tokens": 32, "gen_tokens": 8, "requests": 3}
+        lat8 = {"prompt_tokens": 32, "gen_tokens": 8, "requests": 4, "concurrency": 2}
         roof = {"prompt_tokens": 64, "gen_tokens": 8}
         stab = {"prompt_tokens": 64, "gen_tokens": 8, "repetitions": 2}
         n_stab = 2
     else:
         tp = {"prompt_tokens": [128, 512], "batch_sizes": [1, 8, 32], "gen_tokens": 128, "repetitions": 5}
         lat = {"prompt_tokens": 512, "gen_tokens": 128, "requests": 20, "concurrency": 1}
+        lat8 = {"prompt_tokens": 512, "gen_tokens": 128, "requests": 16, "concurrency": 8}
         roof = {"prompt_tokens": 512, "gen_tokens": 128}
         stab = {"prompt_tokens": 512, "gen_tokens": 128, "repetitions": 5}
         n_stab = 3
-    full = {"throughput": tp, "latency": lat, "roofline": {**roof, "device": device}, "memory": {}}
+    full = {"throughput": tp, "latency": lat, "roofline": {**roof, "device": roofline_device or device},
+            "memory": {}}
     llama = {"n_gpu_layers": -1 if device == "cuda" else 0, "n_threads": None if device == "cuda" else 2}
     dtype = "bfloat16" if device == "cuda" else "float32"
     out = []
@@ -400,6 +442,9 @@ def configs(device: str, small: bool) -> list[dict]:
     # info() names no device) and divides by the host memory's bandwidth
     out += [{"name": f"llama-roofline-{art}", "runtime": "llama-cpp", "params": llama, "artifact": art,
              "probes": {"roofline": {**roof, "device": device}}} for art in ("f16", "q8_0", "q4_k_m")]
+    # the latency probe at concurrency > 1 (LlamaCppSession.timed_requests), a process of its own
+    out += [{"name": f"llama-latency-c8-{art}", "runtime": "llama-cpp", "params": llama, "artifact": art,
+             "probes": {"latency": lat8}} for art in ("f16", "q4_k_m")]
     out += [{"name": f"llama-stability-q4_k_m-{i + 1}", "runtime": "llama-cpp", "params": llama,
              "artifact": "q4_k_m", "probes": {"decode": stab}} for i in range(n_stab)]
     out += [{"name": f"llama-stability-f16-{i + 1}", "runtime": "llama-cpp", "params": llama,
@@ -477,12 +522,12 @@ def spread(values: list[float]) -> dict:
 
 def run(args) -> None:
     t_start = time.perf_counter()
-    if not args.local:
+    chosen = [c for c in configs(args.device, args.small, args.roofline_device)
+              if not args.only or any(c["name"].startswith(o) for o in args.only.split(","))]
+    if not args.local and any(c["runtime"] == "llama-cpp" or c["artifact"] != "hf_bf16" for c in chosen):
         status = wait_build(args.wait)
         if status["state"] != "ok":
             sys.exit(f"llama-cpp-python build not ready: {json.dumps(status)[:3000]}")
-    chosen = [c for c in configs(args.device, args.small)
-              if not args.only or any(c["name"].startswith(o) for o in args.only.split(","))]
     need_hf = any(c["artifact"] == "hf_bf16" for c in chosen)
     if args.local:
         from harness import baseline
@@ -495,20 +540,35 @@ def run(args) -> None:
         arts["q4_k_m"] = arts["q8_0"] = q4_k_m(arts["f16"])
         inputs = {"local": "F16/BF16 from harness.baseline.derive; q8_0 stands in with the Q4_K_M"}
     else:
-        arts, inputs = checked_inputs(Path(args.carry), need_hf)
+        arts, inputs = checked_inputs(Path(args.carry), need_hf, {c["artifact"] for c in chosen})
     import harness
 
     report = {"command": " ".join(sys.argv), "inputs": inputs, "harness_from": str(Path(harness.__file__).parent),
               "runs": {}}
+    commit_file = Path(args.carry) / "harness_commit.txt"
+    if commit_file.is_file():
+        report["harness_commit"] = commit_file.read_text().strip()
     if any(c["runtime"] == "llama-cpp" for c in chosen):
         report["llama_cpp"] = isolated(llama_info_worker)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     for cfg in chosen:
         t0 = time.perf_counter()
+        call = (cfg["runtime"], cfg["params"], str(arts[cfg["artifact"]]), cfg["probes"])
         try:
-            worker = llama_first_worker if cfg["runtime"] == "llama-cpp" else plain_worker
-            res = isolated(worker, cfg["runtime"], cfg["params"], str(arts[cfg["artifact"]]), cfg["probes"])
+            if args.worker == "llama-first" and cfg["runtime"] == "llama-cpp":
+                worker_used = "llama_first_worker"
+                res = isolated(llama_first_worker, *call)
+            else:
+                worker_used = "harness probe_worker"
+                try:
+                    res = isolated(plain_worker, *call)
+                except RuntimeError as e:
+                    if cfg["runtime"] != "llama-cpp":
+                        raise
+                    print(f"{cfg['name']}: harness probe_worker failed ({e}); again with llama_cpp first", flush=True)
+                    worker_used = f"llama_first_worker (harness probe_worker failed: {e})"
+                    res = isolated(llama_first_worker, *call)
         except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others
             report["runs"][cfg["name"]] = {"error": f"{type(e).__name__}: {e}", "runtime": cfg["runtime"],
                                            "params": cfg["params"], "artifact": cfg["artifact"]}
@@ -518,6 +578,7 @@ def run(args) -> None:
         res["runtime"] = {"name": cfg["runtime"], **cfg["params"]}
         res["artifact"] = cfg["artifact"]
         res["probe_params"] = cfg["probes"]
+        res["worker"] = worker_used
         machine = res["notes"].pop("machine", None)
         report.setdefault("machine", machine)
         report["runs"][cfg["name"]] = res
@@ -611,7 +672,7 @@ def collect(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["pack", "build", "run", "collect"])
+    ap.add_argument("stage", choices=["pack", "snapshot", "build", "run", "collect"])
     ap.add_argument("--sdist", default="/tmp/x/llama_cpp_python-0.3.36.tar.gz")
     ap.add_argument("--wheels", help="folder of wheels the device lacks (pack)")
     ap.add_argument("--carry", default="gpu_carry_b")
@@ -622,6 +683,11 @@ def main() -> None:
     ap.add_argument("--local", action="store_true", help="use this machine's baselines (a dry run)")
     ap.add_argument("--only", help="comma-separated prefixes of the configurations to run")
     ap.add_argument("--build", help="build.json of the build call (collect)")
+    ap.add_argument("--defer", action="store_true", help="build: keep wheels, part a and the source; no build yet")
+    ap.add_argument("--roofline-device", default="auto", help="the roofline probe's device in the full runs")
+    ap.add_argument("--worker", choices=["harness", "llama-first"], default="harness",
+                    help="llama-cpp workers: harness's probe_worker (retried llama_cpp-first if it dies) or "
+                         "llama_cpp imported before harness")
     ap.add_argument("inputs", nargs="*", help="JSON files to merge (collect)")
     args = ap.parse_intermixed_args()
     if args.stage in ("run", "build"):
@@ -635,6 +701,8 @@ def main() -> None:
         ensure_library_path()
     if args.stage == "pack":
         pack(args)
+    elif args.stage == "snapshot":
+        snapshot(args)
     elif args.stage == "build":
         build(args)
     elif args.stage == "run":
