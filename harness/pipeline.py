@@ -110,13 +110,6 @@ def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str
     return out
 
 
-def _probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, probes: dict[str, dict]) -> dict:
-    """Probes on one loaded session: {"figures": {probe: {metric: value}}, "notes": {...}}."""
-    from harness.probes.runner import probe_worker
-
-    return probe_worker(runtime_name, runtime_params, artifact_path, probes)
-
-
 # ------------------------------------------------------------------- runner
 class Runner:
     def __init__(self, plan: Plan, reports_dir: Path = Path("reports"), log=print):
@@ -130,10 +123,10 @@ class Runner:
         self.items: dict[str, dict] = {}  # suite id -> {"items", "meta", "key"}
 
     # ---- helpers
-    def _call(self, fn, *args, log_name: str):
+    def _call(self, fn, *args, log_name: str, **kwargs):
         from harness.isolate import run_isolated
 
-        return run_isolated(fn, *args, log_path=self.logs_dir / f"{log_name}.log")
+        return run_isolated(fn, *args, log_path=self.logs_dir / f"{log_name}.log", **kwargs)
 
     def _suite(self, spec):
         from harness.suites import REGISTRY
@@ -259,8 +252,13 @@ class Runner:
             return
         runtime, rparams = self._runtime(runtime_spec)
         self.log(f"  [{rec['name']}] probing {', '.join(self.plan.probes)}")
-        res = self._call(_probe_worker, runtime.name, rparams.model_dump(), rec["artifact"]["path"],
-                         dict(self.plan.probes), log_name=f"{rec['name']}-probe")
+        from harness.probes.runner import probe_worker
+
+        # the worker is pickled by reference: its module (harness.probes.runner) is light, so the
+        # runtime's libraries (preload) are the first heavy imports of the spawned process
+        res = self._call(probe_worker, runtime.name, rparams.model_dump(), rec["artifact"]["path"],
+                         dict(self.plan.probes), log_name=f"{rec['name']}-probe",
+                         preload=tuple(runtime.import_modules))
         out = res["figures"]
         rec["probes"] = out
         rec["probe_notes"] = res.get("notes")  # machine, raw repetitions, bandwidth source

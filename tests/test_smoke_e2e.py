@@ -154,3 +154,5 @@ def test_planner_prediction_beside_measurement(smoke_runs):
         assert plan["probe_measured_gib"] > 0 and plan["probe_predicted_gib"] > plan["weights_gib"]
         assert abs(plan["probe_error_pct"]) < 60, (rec["name"], plan)
         assert rec["metrics"]["planner.probe_error_pct"]["value"] == plan["probe_error_pct"]
+        # the probe worker imported llama_cpp before harness's own modules (CUDA builds need it)
+        assert rec["probe_notes"]["imports"] == {"preload": ["llama_cpp"], "numpy_loaded_before_preload": False}

@@ -1,9 +1,9 @@
 """Run a plan's probes on one loaded session, as the pipeline's probe worker does, and keep the
 probes' notes (machine, raw repetitions, skipped shapes, bandwidth source) beside the figures.
 
-``probe_worker`` is a drop-in for ``harness.pipeline._probe_worker`` that returns
-``{"figures": {probe: {metric: value}}, "notes": {...}, "load_seconds": s}``; the benchmarks
-call it in a spawned process (``harness.isolate.run_isolated``) for the same isolation.
+``probe_worker`` returns ``{"figures": {probe: {metric: value}}, "notes": {...}, "load_seconds":
+s}``; the pipeline and the benchmarks call it in a spawned process
+(``harness.isolate.run_isolated``).
 """
 
 from __future__ import annotations
@@ -29,21 +29,29 @@ def _rss_bytes() -> int | None:
 
 
 def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, probes: dict[str, dict],
-                 session_hooks: str | None = None) -> dict[str, Any]:
+                 session_hooks: str | None = None, preload: tuple[str, ...] = ()) -> dict[str, Any]:
     """``session_hooks``: "module:function" called with the loaded session before any probe
-    runs (e.g. to attach ``greedy_decode_batch`` to a session class that lacks it)."""
+    runs (e.g. to attach ``greedy_decode_batch`` to a session class that lacks it).
+    ``preload``: modules imported first, before harness's own (numpy, pydantic): the pipeline
+    passes the runtime's ``import_modules``. A CUDA build of llama-cpp-python segfaulted loading
+    a model in a worker that had set up harness and the probes first, and ran when llama_cpp was
+    imported before anything else (H100, 2026-11-23)."""
+    import sys
+
+    numpy_first = "numpy" in sys.modules
+    for module in preload:
+        importlib.import_module(module)
     from harness.probes import REGISTRY, ProbeContext, record_machine
     from harness.runtimes import REGISTRY as RUNTIMES
 
     runtime = RUNTIMES.get(runtime_name)()
-    # the runtime's libraries before anything else: a CUDA build of llama-cpp-python crashed
-    # loading a model when the probes (NVML, psutil) were set up first (H100, 2026-11-23)
-    for module in runtime.import_modules:
+    for module in runtime.import_modules:  # before the probes' sampler (NVML) starts
         importlib.import_module(module)
     # creating the probes then starts the memory probe's sampler before the model loads
     chosen = sorted(((REGISTRY.get(n)(), raw) for n, raw in probes.items()), key=lambda p: p[0].order)
     chosen = [(p, p.Params.model_validate(raw or {})) for p, raw in chosen]
     ctx = ProbeContext(artifact_path=Path(artifact_path))
+    ctx.notes["imports"] = {"preload": list(preload), "numpy_loaded_before_preload": numpy_first}
     if any(p.needs_session for p, _ in chosen):
         n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
         ctx.notes["n_ctx"] = n_ctx
