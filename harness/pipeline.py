@@ -85,8 +85,15 @@ def _session(runtime_name: str, runtime_params: dict, artifact_path: str, n_ctx:
     return runtime.load(Path(artifact_path), params, n_ctx)
 
 
-def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str, jobs: list[dict]) -> dict:
-    """Score every job's items on one loaded session; prepare items where a job has none."""
+def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str, jobs: list[dict],
+                     preload: tuple[str, ...] = ()) -> dict:
+    """Score every job's items on one loaded session; prepare items where a job has none.
+    ``preload``: the runtime's libraries, imported before harness's suites and runtimes (see
+    ``harness.probes.runner.probe_worker``: a CUDA llama.cpp build segfaults after numpy)."""
+    import importlib
+
+    for module in preload:
+        importlib.import_module(module)
     from harness.suites import REGISTRY
 
     n_ctx = max(j["context_length"] for j in jobs)
@@ -229,7 +236,7 @@ class Runner:
         if jobs:
             self.log(f"  [{rec['name']}] scoring {', '.join(j['id'] for j in jobs)} on {runtime.name}")
             out = self._call(_evaluate_worker, runtime.name, rparams.model_dump(), rec["artifact"]["path"], jobs,
-                             log_name=f"{rec['name']}-evaluate")
+                             log_name=f"{rec['name']}-evaluate", preload=tuple(runtime.import_modules))
             for job in jobs:
                 res = out[job["id"]]
                 if res["prepared"] is not None:
