@@ -310,7 +310,10 @@ class Runner:
         if not notes.get("n_ctx") or not mem:
             return
         device = "cuda" if str((notes.get("session_info") or {}).get("device", "")).startswith("cuda") else "cpu"
-        measured = mem.get("peak_vram_self_gib") if device == "cuda" else mem.get("model_rss_gib")
+        # on a GPU the process tree's VRAM (vLLM's engine runs in a child); on a CPU this
+        # process's own model memory (a multi-process runtime's children are not in it)
+        measured = (mem.get("peak_vram_gib") or mem.get("peak_vram_self_gib")) if device == "cuda" \
+            else mem.get("model_rss_gib")
         try:
             p = planner.predict_probe_peak(rec["artifact"]["path"], runtime_spec.name, n_ctx=notes["n_ctx"],
                                            shapes=(notes.get("throughput") or {}).get("shapes"), device=device,
@@ -322,7 +325,7 @@ class Runner:
         out["probe_predicted_gib"] = p["total_gib"]
         if measured:
             out["probe_measured_gib"] = measured
-            out["probe_measured_as"] = "peak VRAM of the process (NVML)" if device == "cuda" else \
+            out["probe_measured_as"] = "peak VRAM of the process tree (NVML)" if device == "cuda" else \
                 "model_rss_gib: peak RSS less RSS before the model loaded"
             out["probe_error_pct"] = 100.0 * (p["total_gib"] - measured) / measured
 
