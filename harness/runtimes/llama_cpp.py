@@ -41,6 +41,11 @@ def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
     return logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
 
 
+def _argmax(logits_ptr, n_vocab: int) -> int:
+    """The greedy token from one row of llama.cpp's output logits (a C float pointer)."""
+    return int(np.argmax(np.ctypeslib.as_array(logits_ptr, shape=(n_vocab,))))
+
+
 def _fill(batch, tokens: list[tuple[int, int, int, bool]]) -> None:
     """Fill a ``llama_batch`` with (token, position, sequence id, wants logits) rows."""
     batch.n_tokens = len(tokens)
@@ -154,8 +159,7 @@ class LlamaCppSession(Session):
             t1 = time.perf_counter()
             tokens = []
             for _ in range(n_tokens):
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-                tokens.append(int(np.argmax(row)))
+                tokens.append(_argmax(llama_cpp.llama_get_logits_ith(llm.ctx, -1), n_vocab))
                 llm.eval(tokens[-1:])
             t2 = time.perf_counter()
         finally:
@@ -178,7 +182,7 @@ class LlamaCppSession(Session):
         n_batch = batch._n_tokens
 
         def argmax_at(i: int) -> int:
-            return int(np.argmax(np.ctypeslib.as_array(ctx.get_logits_ith(i), shape=(n_vocab,))))
+            return _argmax(ctx.get_logits_ith(i), n_vocab)
 
         flat = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
         last = [0] * b
@@ -237,7 +241,7 @@ class LlamaCppSession(Session):
                 if not want:
                     continue
                 st = active[slot]
-                token = int(np.argmax(np.ctypeslib.as_array(ctx.get_logits_ith(j), shape=(n_vocab,))))
+                token = _argmax(ctx.get_logits_ith(j), n_vocab)
                 if st["last"] is None:
                     st["ttft"] = now - st["start"]
                 st["tokens"].append(token)
