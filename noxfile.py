@@ -52,10 +52,12 @@ def bench(session: nox.Session) -> None:
     """Figures, not assertions: reports/bench/quantizers.json (every method, fresh store),
     reports/bench/runtimes.json (cross-runtime consistency, request throughput, suite times) and
     reports/bench/probes.json (decode-probe stability over 3 processes; probe vs a plain
-    llama-cpp-python loop). `nox -s bench -- runtimes` (or `quantizers`, `probes`) runs one."""
+    llama-cpp-python loop) and reports/bench/crosscheck.json (quantgate vs llama-perplexity and
+    llama-bench built from the runtime's own llama.cpp tree: perplexity, KL, same-top, pp/tg).
+    `nox -s bench -- runtimes` (or `quantizers`, `probes`, `crosscheck`) runs one."""
     # the server extra: lm-eval's gguf backend is compared against llama-cpp-python's server
     session.install("-e", ".[all]", "llama-cpp-python[server]==0.3.36")
-    chosen = session.posargs or ["quantizers", "runtimes", "probes"]
+    chosen = session.posargs or ["quantizers", "runtimes", "probes", "crosscheck"]
     for name in chosen:
         session.run("python", f"benchmarks/{name}.py", env=_env())
 

@@ -22,6 +22,7 @@ REGISTRY = Registry(
         "load": "harness.probes.load:LoadProbe",
         "decode": "harness.probes.decode:DecodeProbe",
         "throughput": "harness.probes.throughput:ThroughputProbe",
+        "bench": "harness.probes.bench:BenchProbe",
         "latency": "harness.probes.latency:LatencyProbe",
         "roofline": "harness.probes.roofline:RooflineProbe",
         "memory": "harness.probes.memory:MemoryProbe",

@@ -17,6 +17,17 @@ def _num(m: dict | None, digits: int = 4) -> str:
     return s
 
 
+def scoring_note(meta: dict) -> str:
+    """Which tokens a window suite scored (perplexity, fidelity), from the suite's meta; '' for
+    other suites. Said in every report because llama-perplexity scores only each window's
+    second half, and the two figures differ (36.6 vs 29.7 on the smoke plan's windows)."""
+    if not meta or meta.get("unit", "window") != "window" or "windows" not in meta:
+        return ""
+    which = {"second_half": "the second half of each window, as llama-perplexity scores",
+             "all": "every token after the first of each window"}.get(meta.get("scored_tokens", "all"), "?")
+    return f"{meta['windows']} windows of {meta.get('context_length')} tokens; scored: {which}."
+
+
 def summary_markdown(results: dict) -> str:
     recs = [results["baseline"], *results["candidates"]]
     metric_names: list[str] = []
@@ -50,6 +61,14 @@ def summary_markdown(results: dict) -> str:
         cells = [_num(r["metrics"].get(m)) for m in shown]
         lines.append(f"| {r['name']} | {method} | {runtime} | {verdict} | " + " | ".join(cells) +
                      f" | {reason.replace('|', '/')} |")
+    notes = []
+    for spec in (results.get("plan") or {}).get("suites") or []:
+        sid = spec.get("name") or spec.get("suite")
+        meta = next((m for r in recs if (m := ((r.get("suites") or {}).get(sid) or {}).get("meta"))), {})
+        if note := scoring_note(meta):
+            notes.append(f"- `{sid}`: {note}")
+    if notes:
+        lines += ["", "Window suites:", "", *notes]
     lines += ["", "## Approved list", ""]
     lines += [f"- {n}" for n in results["approved"]] or ["(no candidate passed every gate)"]
     lines += ["", "## Gates", ""]

@@ -24,7 +24,7 @@ DPI = 100
 
 # leaf-name words whose metric is better when lower (ppl, nll, kl_*, bits_per_byte, sizes, times)
 _LOWER_WORDS = {"ppl", "perplexity", "nll", "kl", "loss", "bpb", "error", "errors", "seconds",
-                "gib", "bytes", "rss", "latency", "tail", "byte_perplexity", "word_perplexity"}
+                "gib", "bytes", "rss", "latency", "tail", "rms", "byte_perplexity", "word_perplexity"}
 _LOWER_LEAVES = {"bits_per_byte", "byte_perplexity", "word_perplexity", "ref_tail_mass_mean"}
 # metrics that describe the measurement, not quality: not worth a bar
 _COUNT_LEAVES = {"tokens", "n", "items", "windows", "scored_tokens", "count"}

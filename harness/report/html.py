@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.report import figures as F
+from harness.report import scoring_note
 
 VERDICT_CSS = {"PASS": "pass", "FAIL": "fail", "INCONCLUSIVE": "inconclusive", "ERROR": "error"}
 EXIT_MEANING = {0: "every candidate passed every gate",
                 1: "a gate failed (or was inconclusive, when the policy blocks on that)",
                 2: "an error: a candidate, the baseline or MLflow logging failed, or bad input"}
-FIDELITY_COLUMNS = [("kl_mean", "KL mean"), ("kl_median", "KL median"), ("kl_p99", "KL p99"),
-                    ("kl_max", "KL max"), ("same_top_rate", "same top-1"), ("dp_mean", "Δp mean"),
+FIDELITY_COLUMNS = [("kl_mean", "KL mean"), ("kl_estimator_se", "KL estimator SE"), ("kl_median", "KL median"),
+                    ("kl_p90", "KL p90"), ("kl_p99", "KL p99"), ("kl_max", "KL max"),
+                    ("same_top_rate", "same top-1"), ("dp_mean", "Δp mean"), ("dp_rms", "Δp RMS"),
                     ("dp_p05", "Δp p05"), ("dp_p95", "Δp p95"), ("ref_tail_mass_mean", "ref tail mass")]
 _STATS_FIELDS = ("estimate", "lower", "upper", "n", "test", "p_value", "needed_n")
 
@@ -319,7 +321,9 @@ def _suite_tables(results: dict) -> str:
             rows.append([esc(F.label_of(r)), *(_cell(results, r, m) for m in ms),
                          fnum(srec.get("seconds")) + (" <span class=small>(reused)</span>"
                                                        if srec.get("reused") else "")])
-        out.append(f"<h3>{esc(s)}</h3>" + table(headers, rows, num_cols=set(range(1, len(ms) + 2))))
+        note = scoring_note(_suite_meta(results, s))
+        out.append(f"<h3>{esc(s)}</h3>" + (f"<p class=small>{esc(note)}</p>" if note else "")
+                   + table(headers, rows, num_cols=set(range(1, len(ms) + 2))))
     if not out:
         return "<h2>Suites</h2><p class=small>no suite metric was measured</p>"
     return ("<h2>Suites</h2><p class=small>value ± standard error; below it, where a gate computed one, "
@@ -336,13 +340,39 @@ def _fidelity_table(results: dict) -> str:
                 continue  # the reference itself: KL 0 by definition, usually not scored
             rows.append([esc(F.label_of(r)), *(_cell(results, r, f"{s}.{k}") for k, _ in FIDELITY_COLUMNS)])
         if rows:
-            out.append(f"<h3>{esc(s)}</h3>" + table(["candidate", *(esc(lab) for _, lab in FIDELITY_COLUMNS)],
+            out.append(f"<h3>{esc(s)}</h3>" + _fidelity_method(results, s)
+                       + table(["candidate", *(esc(lab) for _, lab in FIDELITY_COLUMNS)],
                                                     rows, num_cols=set(range(1, len(FIDELITY_COLUMNS) + 1))))
     if not out:
         return ""
     return ("<h2>Fidelity to the baseline</h2><p class=small>Token-level KL(baseline ‖ candidate) in nats "
-            "on identical windows; same top-1: how often the argmax token agrees; Δp: the candidate's "
-            "probability of the actual next token minus the baseline's.</p>" + "".join(out))
+            "over the whole vocabulary, on identical windows: the baseline's top-k tokens are summed exactly "
+            "and the rest of the vocabulary is estimated without bias from tokens sampled from the baseline's "
+            "tail (the candidate's probabilities are exact); KL estimator SE is the standard error that "
+            "sampling adds to KL mean (KL mean's interval in the gates is the spread between windows, which "
+            "contains it); percentiles are of per-position estimates. With no tail samples the figure is a "
+            "lower bound, marked below. Same top-1: how often the argmax token agrees (llama-perplexity's "
+            "“same top p”); Δp: the candidate's probability of the actual next token minus the "
+            "baseline's.</p>" + "".join(out))
+
+
+def _suite_meta(results: dict, suite_id: str) -> dict:
+    for r in F.records(results):
+        meta = ((r.get("suites") or {}).get(suite_id) or {}).get("meta")
+        if meta:
+            return meta
+    return {}
+
+
+def _fidelity_method(results: dict, suite_id: str) -> str:
+    """One line saying how this suite's KL was computed, from the suite's meta in a record."""
+    meta = _suite_meta(results, suite_id)
+    if not meta:
+        return ""
+    m = meta.get("tail_samples")
+    how = (f"top-{meta.get('top_k')} exact + {m} sampled tail tokens per position (unbiased)" if m else
+           f"top-{meta.get('top_k')} + tail: <b>a lower bound</b> on the KL, not the KL")
+    return f"<p class=small>{how}; {esc(scoring_note(meta))}</p>"
 
 
 PROBE_LABELS = {"size.gib": "size GiB", "size.bytes": "size bytes", "load.seconds": "load s",

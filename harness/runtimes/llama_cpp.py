@@ -7,9 +7,11 @@ echoed log-probs by one token on models without BOS, so it is not used.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +35,38 @@ class LlamaCppParams(BaseModel):
     n_gpu_layers: int = Field(0, ge=-1, description="-1: offload every layer (needs a GPU build)")
     n_batch: int = Field(512, ge=1)
     seed: int = 0
+    flash_attn: Literal["auto", "on", "off"] = Field("auto", description=(
+        "flash attention; auto (the default of llama.cpp's own tools: on where the device supports it, "
+        "which includes the CPU). llama-cpp-python's Llama() alone defaults to off"))
+
+
+def _auto_flash_attn_context(llama_cpp, llm) -> str:
+    """Give ``llm`` a context made with flash attention AUTO, as llama.cpp's tools make theirs
+    (llama-cpp-python's ``Llama(flash_attn=...)`` takes only on/off), and return what llama.cpp
+    resolved it to: it says so only in its log, which is captured while the context is made."""
+    from llama_cpp import _internals, _logger
+
+    params = type(llm.context_params).from_buffer_copy(llm.context_params)
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):  # noqa: ARG001 - the C callback's signature
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    old, llm._ctx, llm.context_params = llm._ctx, ctx, params
+    old.close()  # the model's exit stack closes the new one with the model
+    log = "".join(lines)
+    if "Flash Attention enabled" in log:
+        return "on"
+    if "Flash Attention not supported" in log:
+        return "off"
+    return "auto (llama.cpp did not log the outcome)"
 
 
 def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -166,6 +200,22 @@ class LlamaCppSession(Session):
             llm._logits_all = saved
             llm.reset()
         return {"prefill_seconds": t1 - t0, "decode_seconds": t2 - t1, "tokens": [tokens]}
+
+    def timed_prefill(self, context: list[int], prompt: list[int]) -> float:
+        """Seconds to process ``prompt`` after ``context`` is already in the KV cache (llama-bench's
+        ``pp<N>@d<D>``), computing the last position's logits only, as ``greedy_decode`` does."""
+        llm = self.llm
+        llm.reset()
+        saved, llm._logits_all = llm._logits_all, False
+        try:
+            if context:
+                llm.eval(context)
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            return time.perf_counter() - t0
+        finally:
+            llm._logits_all = saved
+            llm.reset()
 
     def greedy_decode_batch(self, prompts: list[list[int]], n_tokens: int) -> dict[str, float]:
         """``len(prompts)`` sequences decoded together, as llama.cpp's batched-bench does: one
@@ -322,8 +372,10 @@ class LlamaCppRuntime(Runtime):
             n_gpu_layers=params.n_gpu_layers,
             logits_all=True,
             seed=params.seed,
+            flash_attn=params.flash_attn == "on",
             verbose=False,
         )
+        flash_attn = _auto_flash_attn_context(llama_cpp, llm) if params.flash_attn == "auto" else params.flash_attn
         # where the weights run: the probes' roofline and the planner's comparison read it
         offload = bool(llama_cpp.llama_supports_gpu_offload())
         on_gpu = offload and params.n_gpu_layers != 0
@@ -331,6 +383,7 @@ class LlamaCppRuntime(Runtime):
         return LlamaCppSession(llm, {
             "device": "cuda" if on_gpu else "cpu", "gpu_offload_supported": offload,
             "n_gpu_layers": params.n_gpu_layers, "n_layers": n_layers,
+            "flash_attn": {"requested": params.flash_attn, "resolved": flash_attn},
             "weights": "all layers on the GPU" if on_gpu and (params.n_gpu_layers < 0 or
                                                             (n_layers and params.n_gpu_layers >= n_layers))
             else (f"{params.n_gpu_layers} layers on the GPU" if on_gpu else "CPU")})

@@ -43,6 +43,10 @@ class PerplexityParams(BaseModel):
     #: them), "raw" keeps the bytes (as llama.cpp's perplexity tool reads them).
     newline: Literal["lf", "raw"] = "lf"
     unit: Literal["window", "document"] = "window"
+    #: which positions of a window are scored: "all" (every token after the first), or
+    #: "second_half" as llama.cpp's perplexity tool scores a chunk (the first half is context
+    #: only), so that figures can be set beside the ones llama.cpp users publish
+    scored_tokens: Literal["all", "second_half"] = "all"
 
     @model_validator(mode="after")
     def _budget(self):
@@ -50,7 +54,16 @@ class PerplexityParams(BaseModel):
             raise ValueError(
                 f"max_tokens ({self.max_tokens}) must be at least context_length ({self.context_length})"
             )
+        if self.scored_tokens != "all" and self.unit != "window":
+            raise ValueError(f"scored_tokens {self.scored_tokens!r} needs unit 'window' (documents score every token)")
         return self
+
+
+def first_scored_row(params: PerplexityParams, window_length: int) -> int:
+    """The first row of ``token_distributions(window)`` that is scored: row i predicts token
+    i + 1, so "all" scores rows 0 .. n-2 and "second_half" rows n//2 .. n-2 (llama-perplexity's
+    ``first = n_ctx/2``: 255 tokens of a 512-token window)."""
+    return window_length // 2 if params.scored_tokens == "second_half" else 0
 
 
 def load_text(dataset: str, newline: str) -> str:
@@ -158,30 +171,33 @@ class PerplexitySuite(Suite):
 
     def prepare(self, params: PerplexityParams, session) -> dict[str, Any]:
         L = params.context_length
-        meta = {"dataset": params.dataset, "newline": params.newline, "unit": params.unit, "context_length": L}
+        meta = {"dataset": params.dataset, "newline": params.newline, "unit": params.unit, "context_length": L,
+                "scored_tokens": params.scored_tokens}
         if params.unit == "document":
             items = document_items(params, session)
-            meta.update(documents=len(items), scored_tokens=sum(it["n_tokens"] for it in items))
+            meta.update(documents=len(items), n_scored=sum(it["n_tokens"] for it in items))
             return {"items": items, "meta": meta}
         windows = token_windows(params, session)
         items = []
         for w, window in enumerate(windows):
-            text = session.detokenize(window[1:])
+            first = first_scored_row(params, len(window))
+            text = session.detokenize(window[first + 1:])
             items.append({"id": f"w{w:04d}", "tokens": window, "n_bytes": len(text),
                           "n_words": len(text.decode("utf-8", "ignore").split())})
-        meta.update(windows=len(windows), scored_tokens=len(windows) * (L - 1))
+        meta.update(windows=len(windows), n_scored=sum(len(w) - 1 - first_scored_row(params, len(w)) for w in windows))
         return {"items": items, "meta": meta}
 
     def score(self, session, items: list[dict], params: PerplexityParams) -> list[dict[str, Any]]:
         records = []
         for item in items:
             windows = item.get("windows") or [item["tokens"]]
-            sums = [float(session.token_logprobs(w).sum()) for w in windows]
+            firsts = [first_scored_row(params, len(w)) if "tokens" in item else 0 for w in windows]
+            sums = [float(session.token_logprobs(w)[f:].sum()) for w, f in zip(windows, firsts, strict=True)]
             records.append({
                 "id": item["id"],
                 "prompt_hash": _hash_tokens([t for w in windows for t in w]),
                 "logprob_sum": float(sum(sums)),
-                "n_scored": int(sum(len(w) - 1 for w in windows)),
+                "n_scored": int(sum(len(w) - 1 - f for w, f in zip(windows, firsts, strict=True))),
                 "n_bytes": item["n_bytes"],
                 "n_words": item.get("n_words"),
                 **({"window_logprob_sums": sums} if len(windows) > 1 else {}),
