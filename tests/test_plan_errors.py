@@ -83,7 +83,7 @@ CASES = [
      ["gates[0].metric: unknown metric 'wikitext2.pplx'", "wikitext2.ppl"]),
     ("missing-baseline", lambda d: d.pop("baseline"), ["baseline: required key is missing"]),
     ("unknown-probe", _set("probes.latency_p99", {}),
-     ["probes.latency_p99: unknown probe 'latency_p99'", "allowed: decode, latency, load, memory, roofline, size, throughput"]),
+     ["probes.latency_p99: unknown probe 'latency_p99'", "allowed: bench, decode, latency, load, memory, roofline, size, throughput"]),
     ("unknown-probe-param", _set("probes.decode.tokens", 5),
      ["probes.decode: unknown key 'tokens'", "allowed keys: prompt_tokens, gen_tokens, repetitions, warmup"]),
     ("budget-below-window", _set("suites.0.params.max_tokens", 100),

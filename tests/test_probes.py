@@ -374,6 +374,32 @@ def test_gpu_bandwidth_and_machine_info():
 
 
 # ----------------------------------------------------------------- slow: real
+def test_bench_probe_names_and_figures_as_llama_bench():
+    from harness.probes.bench import BenchParams, BenchProbe
+
+    params = BenchParams(n_prompt=[64], n_gen=[20], n_depth=[0, 32], repetitions=3, warmup=1)
+    names = BenchProbe.metric_names(params)
+    assert names == ["pp64", "pp64_std", "tg20", "tg20_std", "pp64@d32", "pp64@d32_std", "tg20@d32", "tg20@d32_std"]
+    from harness.tracking import _metric_key
+
+    assert _metric_key("bench.tg20@d32") == "bench.tg20_d32"  # MLflow refuses '@'
+    assert BenchProbe().context_length(params) == 32 + 64 + 1
+
+    session = FakeSession()  # prefill 1 ms a token, decode 10 ms a step; no timed_prefill
+    ctx = ProbeContext(artifact_path=Path("."), session=session)
+    out = BenchProbe().measure(ctx, params)
+    assert out["pp64"] == pytest.approx(1000.0) and out["pp64_std"] == 0
+    assert out["tg20"] == pytest.approx(100.0) and out["tg20@d32"] == pytest.approx(100.0)
+    assert "pp64@d32" not in out and ctx.notes["bench"]["skipped"] == ["pp64@d32"]
+    # tg at depth D decodes after a D-token prompt; at depth 0 after one token
+    assert ("b1", 1, 20) in session.calls and ("b1", 32, 20) in session.calls
+    assert len([c for c in session.calls if c == ("b1", 1, 20)]) == 4  # 1 warm-up + 3 timed
+
+    session.timed_prefill = lambda context, prompt: 2e-3 * len(prompt)  # slower after a context
+    out = BenchProbe().measure(ProbeContext(artifact_path=Path("."), session=session), params)
+    assert out["pp64@d32"] == pytest.approx(500.0)
+
+
 @pytest.mark.slow
 def test_probes_on_embedded_gguf(qg_home):
     """The probe worker (spawned, as the pipeline runs it) on the embedded F16 GGUF."""
@@ -387,6 +413,7 @@ def test_probes_on_embedded_gguf(qg_home):
                              "repetitions": 3},
               "latency": {"prompt_tokens": 32, "gen_tokens": 8, "requests": 4},
               "roofline": {"prompt_tokens": 96, "gen_tokens": 16},
+              "bench": {"n_prompt": [64], "n_gen": [16], "n_depth": [0, 64], "repetitions": 2},
               "memory": {}}
     t0 = time.perf_counter()
     res = run_isolated(probe_worker, "llama-cpp", {"n_threads": 1}, str(path), probes)
@@ -407,6 +434,11 @@ def test_probes_on_embedded_gguf(qg_home):
     assert roof["decode_tps"] == pytest.approx(tp["decode_tps_p96_b1"])
     assert 2.5e8 < roof["weight_bytes_per_token"] < 2.8e8  # the F16 weights, embedding tied
     assert 0 < roof["pct_of_measured"] < 100
+    bench = res["figures"]["bench"]
+    assert set(bench) == {"pp64", "pp64_std", "tg16", "tg16_std", "pp64@d64", "pp64@d64_std", "tg16@d64", "tg16@d64_std"}
+    assert all(bench[k] > 0 for k in ("pp64", "tg16", "pp64@d64", "tg16@d64"))
+    assert res["notes"]["bench"]["skipped"] == []  # llama.cpp prefills at a depth too
+    assert res["notes"]["session_info"]["flash_attn"] == {"requested": "auto", "resolved": "on"}  # CPU: on
     mem = res["figures"]["memory"]
     assert mem["peak_rss_gib"] > 0.25  # the F16 weights are mapped and read
     assert res["notes"]["machine"]["cpu"]

@@ -97,6 +97,8 @@ def _with_range(figs: dict, key: str) -> str:
     s = _fmt(figs[key])
     if figs.get(f"{key}_min") is not None and figs.get(f"{key}_max") is not None:
         s += f" ({_fmt(figs[key + '_min'], 3)}–{_fmt(figs[key + '_max'], 3)})"
+    elif figs.get(f"{key}_std") is not None:  # the bench probe: mean ± std, as llama-bench prints
+        s += f" ± {_fmt(figs[key + '_std'], 2)}"
     return s
 
 
@@ -118,7 +120,9 @@ def probe_lines(recs: list[dict]) -> list[str]:
         return []
     out = ["", "## Speed and memory", "",
            "Medians over the probe's repetitions, (min–max) beside them; measured in a process of its "
-           "own per candidate. tps = tokens/s; pP_bB = prompt tokens, batch; cC = concurrency.", "",
+           "own per candidate. tps = tokens/s; pP_bB = prompt tokens, batch; cC = concurrency. The bench "
+           "probe's figures are llama-bench's: tokens/s, mean ± standard deviation; pp = prompt processing, "
+           "tg = generation, @dD = after D tokens of context.", "",
            "| probe | figure | " + " | ".join(r["name"] for r in recs) + " |", "|---|---|" + "---|" * len(recs)]
     for probe, k in rows:
         out.append(f"| {probe} | {k} | " + " | ".join(_with_range((r.get("probes") or {}).get(probe) or {}, k)
