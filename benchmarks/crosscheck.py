@@ -154,6 +154,10 @@ def main() -> None:
     if bad:
         raise SystemExit(f"quantgate run: {bad} not ok; see {run_dir}")
     paths = {n: Path(r["artifact"]["path"]) for n, r in recs.items()}
+    from harness.store import Store
+
+    # what the baseline keeps for the fidelity suite (top-k + tail samples, JSON) vs llama.cpp's file
+    fidelity_items_bytes = Store().result_path(recs["f16"]["suites"]["fidelity"]["items_key"]).stat().st_size
     print(f"quantgate run {run_dir.name}: {run_seconds:.0f} s", flush=True)
 
     text_file = WORK / "wikitext2-lf.txt"
@@ -238,7 +242,7 @@ def main() -> None:
         "same_tokens_as_llama_perplexity": same_tokens, "llama_perplexity_n_ctx": n_ctx,
         "fidelity_estimator": {"top_k": 32, "tail_samples": 32,
                                "what": "exact top-k + unbiased sampled tail (harness/suites/fidelity.py)"},
-        "llama_kld_base_file_bytes": kld_size,
+        "llama_kld_base_file_bytes": kld_size, "quantgate_fidelity_items_bytes": fidelity_items_bytes,
         "quantgate_run": {"id": run_dir.name, "seconds": round(run_seconds, 1)},
         "llama_perplexity_seconds": round(llama_seconds, 1),
         "candidates": table, "speed": speed,
