@@ -7,16 +7,16 @@ not assertions): writes reports/bench/crosscheck.json (commit it as benchmarks/c
 2. ``quantgate run`` on the smoke plan's model and windows (F16 baseline; Q8_0, Q4_K_M, Q2_K;
    WikiText-2, 16 × 512 tokens, LF newlines) with perplexity scored on every token and on the
    second half of each window (as llama-perplexity scores), the fidelity suite (defaults:
-   top_k 32, 32 sampled tail tokens, second half) and the ``bench`` probe (pp512, tg128,
-   pp512@d512, tg128@d512).
+   top_k 32, 32 sampled tail tokens, second half).
 3. llama-perplexity on the same files and text: the F16 baseline writes its log-probabilities
    (``--kl-divergence-base``, 16 bits per entry), each candidate is compared with
    ``--kl-divergence``; the tokens in that file are checked against quantgate's windows.
 4. The exact full-vocabulary KL through quantgate's own llama.cpp sessions on the same
    positions, to separate the estimator's error from the runtimes'.
-5. llama-bench with the same threads, flash attention (auto, both sides) and tests.
+5. Speed: quantgate's ``bench`` probe (spawned probe worker, as in a run) and llama-bench with the
+   same threads, flash attention (auto, both sides) and tests, alternating per model.
 
-Usage: python benchmarks/crosscheck.py [--threads 2] [--skip-bench] [--out reports/bench/crosscheck.json]
+Usage: python benchmarks/crosscheck.py [--threads 2] [--bench-threads 1] [--rounds 2] [--skip-bench] [--out reports/bench/crosscheck.json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ def plan(threads: int) -> dict:
             {"suite": "perplexity", "name": "ppl_half", "params": {**WINDOW, "scored_tokens": "second_half"}},
             {"suite": "fidelity", "name": "fidelity", "params": {**WINDOW, "scored_tokens": "second_half"}},
         ],
-        "probes": {"size": {}, "bench": BENCH},
+        "probes": {"size": {}},  # the bench probe runs beside llama-bench (compare_speed)
         "gates": [{"name": "ppl", "kind": "max_increase_pct", "metric": "ppl_half.ppl", "max_pct": 10}],
         "tracking": {"enabled": False},
     }
@@ -120,10 +121,61 @@ def exact_kl(f16: Path, candidates: dict[str, Path], threads: int) -> dict:
     return {"windows": windows, "kl": out}
 
 
+def quantgate_bench(path: Path, threads: int) -> dict:
+    """The ``bench`` probe as the pipeline runs it: a spawned probe worker, the model loaded there."""
+    from harness.isolate import run_isolated
+    from harness.probes.runner import probe_worker
+
+    res = run_isolated(probe_worker, "llama-cpp", {"n_threads": threads, "flash_attn": "auto"}, str(path),
+                       {"bench": BENCH})
+    return {"figures": res["figures"]["bench"], "runs": res["notes"]["bench"]["runs"],
+            "flash_attn": res["notes"].get("session_info", {}).get("flash_attn")}
+
+
+def llama_bench(bin_dir: Path, path: Path, threads: int, log: Path) -> dict:
+    raw = run([str(bin_dir / "llama-bench"), "-m", str(path), "-p", ",".join(map(str, BENCH["n_prompt"])),
+               "-n", ",".join(map(str, BENCH["n_gen"])), "-d", ",".join(map(str, BENCH["n_depth"])),
+               "-r", str(BENCH["repetitions"]), "-t", str(threads), "-fa", "auto", "-o", "json"], log)
+    out = {}
+    for e in json.loads(raw[raw.index("["): raw.rindex("]") + 1]):
+        kind, n = ("pp", e["n_prompt"]) if e["n_gen"] == 0 else ("tg", e["n_gen"])
+        out[f"{kind}{n}" + (f"@d{e['n_depth']}" if e.get("n_depth") else "")] = {
+            "avg_ts": e["avg_ts"], "stddev_ts": e["stddev_ts"], "samples_ts": e.get("samples_ts")}
+    return out
+
+
+def compare_speed(paths: dict[str, Path], bin_dir: Path, threads: int, rounds: int) -> dict:
+    """quantgate's bench probe and llama-bench on each model, alternating (A B A B ... per model,
+    ``rounds`` times) so that the machine's load falls on both alike; ratio = mean of quantgate's
+    per-round figures / mean of llama-bench's."""
+    speed = {}
+    for name, path in paths.items():
+        ours, theirs = [], []
+        for i in range(rounds):
+            ours.append(quantgate_bench(path, threads))
+            theirs.append(llama_bench(bin_dir, path, threads, WORK / f"llama-bench-{name}-{i}.log"))
+        figs = {}
+        for key in theirs[0]:
+            q = [o["figures"].get(key) for o in ours]
+            ll = [t[key]["avg_ts"] for t in theirs]
+            figs[key] = {"quantgate": q, "llama_bench": ll,
+                         "quantgate_std": [o["figures"].get(key + "_std") for o in ours],
+                         "llama_bench_std": [t[key]["stddev_ts"] for t in theirs]}
+            if all(x is not None for x in q):
+                figs[key]["ratio"] = statistics.fmean(q) / statistics.fmean(ll)
+        speed[name] = {"tests": figs, "flash_attn_quantgate": ours[0]["flash_attn"]}
+        print(f"{name} speed (quantgate / llama-bench): "
+              + ", ".join(f"{k} {v.get('ratio', float('nan')):.3f}" for k, v in figs.items()), flush=True)
+    return speed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-bench", action="store_true", help="no speed comparison")
+    ap.add_argument("--bench-threads", type=int, default=1,
+                    help="threads for the speed comparison (1: steadiest on a shared 2-core machine)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating quantgate / llama-bench rounds per model")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "crosscheck.json")
     args = ap.parse_args()
     import llama_tools
@@ -138,8 +190,6 @@ def main() -> None:
     print(f"tools: {bin_dir} (build {tools['build_seconds']} s; cached {tools['cached']})", flush=True)
 
     p = plan(args.threads)
-    if args.skip_bench:
-        p["probes"] = {"size": {}}
     plan_path = WORK / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(p, sort_keys=False))
     reports = WORK / "runs"
@@ -212,32 +262,14 @@ def main() -> None:
                   f"-> {100 * (row['ratios']['kl_mean_vs_llama'] - 1):+.2f}%", flush=True)
         table[name] = row
 
-    speed = None
-    if not args.skip_bench:
-        speed = {}
-        for name, path in paths.items():
-            raw = run([str(bin_dir / "llama-bench"), "-m", str(path), "-p", "512", "-n", "128", "-d", "0,512",
-                       "-r", str(BENCH["repetitions"]), "-t", str(args.threads), "-fa", "auto", "-o", "json"],
-                      WORK / f"llama-bench-{name}.log")
-            entries = json.loads(raw[raw.index("["): raw.rindex("]") + 1])
-            figs = {}
-            for e in entries:
-                kind, n = ("pp", e["n_prompt"]) if e["n_gen"] == 0 else ("tg", e["n_gen"])
-                key = f"{kind}{n}" + (f"@d{e['n_depth']}" if e.get("n_depth") else "")
-                figs[key] = {"llama_bench": e["avg_ts"], "llama_bench_std": e["stddev_ts"],
-                             "quantgate": metric(name, f"bench.{key}"), "quantgate_std": metric(name, f"bench.{key}_std")}
-                if figs[key]["quantgate"]:
-                    figs[key]["ratio"] = figs[key]["quantgate"] / e["avg_ts"]
-            speed[name] = figs
-            print(f"{name} speed: " + ", ".join(f"{k} {v.get('ratio', float('nan')):.3f}" for k, v in figs.items()),
-                  flush=True)
-
+    speed = None if args.skip_bench else compare_speed(paths, bin_dir, args.bench_threads, args.rounds)
     report = {
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/crosscheck.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
         "tools": tools,
-        "threads": args.threads, "flash_attn": "auto (both sides)",
+        "threads": args.threads, "bench_threads": args.bench_threads, "rounds": args.rounds,
+        "flash_attn": "auto (both sides)",
         "windows": {**WINDOW, "count": len(exact["windows"]), "scored_positions_second_half": 16 * 255},
         "same_tokens_as_llama_perplexity": same_tokens, "llama_perplexity_n_ctx": n_ctx,
         "fidelity_estimator": {"top_k": 32, "tail_samples": 32,

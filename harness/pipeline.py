@@ -4,7 +4,9 @@ Each candidate's stages run in worker processes (harness.isolate); a stage that
 fails turns the candidate into an ``error`` record with the stage and message,
 keeps whatever was already measured, and the run goes on with the others.
 Artifacts and item results are cached by content key (harness.store), so a
-second run of the same plan recomputes only what changed.
+second run of the same plan recomputes only what changed. Every reused entry is
+checked against its sha256 first; one that fails is reported (the log, and the
+``store_integrity`` list of results.json) and recomputed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from pathlib import Path
 
 from harness import __version__
 from harness.config import Plan
-from harness.store import MANIFEST, Store, atomic_dir, content_key, dir_size
+from harness.store import (
+    MANIFEST,
+    IntegrityJournal,
+    Store,
+    atomic_dir,
+    content_key,
+    dir_size,
+    files_digest,
+)
 
 RESULTS_SCHEMA = "quantgate.results/1"
 
@@ -61,7 +71,7 @@ def _quantize_worker(method: str, params_raw: dict, calibration: dict | None, so
         }
         if manifest["format"] == "gguf" and "bits_per_weight" not in manifest:
             manifest.update(gguf_weight_stats(entry))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        manifest = store.seal(tmp, manifest)  # the sha256 of every file, checked on reuse
     return manifest
 
 
@@ -121,13 +131,17 @@ def _evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str
 class Runner:
     def __init__(self, plan: Plan, reports_dir: Path = Path("reports"), log=print):
         self.plan = plan
-        self.store = Store()
         self.log = log
+        self.store = Store(log=log)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_id = f"{stamp}-{plan.name}-{secrets.token_hex(2)}"
         self.run_dir = Path(reports_dir) / self.run_id
         self.logs_dir = self.run_dir / "logs"
         self.items: dict[str, dict] = {}  # suite id -> {"items", "meta", "key"}
+        # integrity problems met in this run (here and in its workers), and where
+        self.journal = IntegrityJournal(self.logs_dir / "store-integrity.jsonl")
+        self.store_integrity: list[dict] = []
+        self._journal_read = 0  # journal entries already in store_integrity
 
     # ---- helpers
     def _call(self, fn, *args, log_name: str, **kwargs):
@@ -149,11 +163,17 @@ class Runner:
 
     # ---- stages
     def _baseline_artifact(self, rec: dict, fmt: str) -> None:
-        path = self._call(_derive_worker, self.plan.baseline.model, fmt, log_name=f"{rec['name']}-derive-{fmt}")
-        manifest_path = Path(path).parent / MANIFEST
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        from harness.baseline import source_key
+
+        path = Path(self._call(_derive_worker, self.plan.baseline.model, fmt,
+                               log_name=f"{rec['name']}-derive-{fmt}"))
+        # a baseline derived into the store (checked there by the worker) names its source's key;
+        # one used as it is (a float GGUF, an HF folder) is keyed by its own bytes
+        derived = path.parent.parent.resolve() == (self.store.root / "baselines").resolve()
+        manifest = json.loads((path.parent / MANIFEST).read_text()) if derived else {}
+        key = manifest.get("source_key") or source_key(path, self.store.hashes)
         rec["artifact"] = {
-            "key": f"baseline-{manifest.get('source_key', content_key(path))}-{fmt}",
+            "key": f"baseline-{key}-{fmt}",
             "format": fmt,
             "path": str(path),
             "manifest": manifest,
@@ -188,7 +208,7 @@ class Runner:
             "versions": quantizer.versions(),
         }
         key = content_key(key_inputs)
-        manifest = self.store.manifest("artifacts", key)
+        manifest = self.store.reusable_manifest("artifacts", key)
         reused = manifest is not None
         if reused:
             self.log(f"  [{rec['name']}] artifact {key} reused from the store")
@@ -223,7 +243,8 @@ class Runner:
             elif "items" not in self.items.get(spec.id, {}):
                 raise RuntimeError(f"suite {spec.id}: the baseline produced no items to score")
             result_keys[spec.id] = "result-" + content_key({
-                "artifact": rec["artifact"]["key"], "runtime": runtime.name, "versions": versions,
+                "artifact": rec["artifact"]["key"], "artifact_files": files_digest(rec["artifact"]["manifest"]),
+                "runtime": runtime.name, "versions": versions,
                 "runtime_params": runtime.result_identity(rparams), "suite": suite.name,
                 "suite_version": suite.version, "items": self.items[spec.id]["key"]})
             cached = self.store.get_result(result_keys[spec.id]) if "items" in self.items[spec.id] else None
@@ -347,12 +368,31 @@ class Runner:
                             "traceback": traceback.format_exc(limit=8)}
             self.log(f"  [{rec['name']}] ERROR in {stage}: {message}")
             return False
+        finally:
+            self._collect_integrity(rec["name"], stage)
+
+    def _collect_integrity(self, record: str | None, stage: str | None) -> None:
+        """Add the integrity problems met since the last call to the run's list; show those
+        the workers met (they logged them to the stage's log file, not to this log)."""
+        from harness.store import IntegrityProblem
+
+        entries = self.journal.entries()
+        for entry in entries[self._journal_read:]:
+            pid = entry.pop("pid", None)
+            if pid != os.getpid():
+                self.log(f"  [{record}] {IntegrityProblem(**entry).line()}")
+            self.store_integrity.append({"record": record, "stage": stage, **entry})
+        self._journal_read = len(entries)
 
     def execute(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.journal:
+            return self._execute()
+
+    def _execute(self) -> dict:
         from harness import gates, machine
 
         plan = self.plan
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         started = dt.datetime.now(dt.timezone.utc)
         t_run = time.perf_counter()
         self.log(f"run {self.run_id}: plan {plan.name}, {len(plan.candidates)} candidates -> {self.run_dir}")
@@ -389,6 +429,7 @@ class Runner:
             rec["seconds"] = round(time.perf_counter() - t0, 2)
             records.append(rec)
 
+        self._collect_integrity(None, None)
         policy = plan.policy()
         results = {
             "schema": RESULTS_SCHEMA,
@@ -404,6 +445,8 @@ class Runner:
             "environment": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "QUANTGATE_DATA") if k in os.environ},
             "baseline": base,
             "candidates": records,
+            # stored entries that failed their sha256 check in this run and were recomputed
+            "store_integrity": self.store_integrity,
             "approved": [],
             "exit_code": None,
             "tracking": None,

@@ -79,7 +79,8 @@ class Quantizer:
         return {}
 
     def identity(self, params: BaseModel) -> dict[str, Any]:
-        """Extra inputs of the cache key (e.g. the hash of a prebuilt file)."""
+        """Extra inputs of the cache key. Name inputs by their bytes (a prebuilt file's sha256),
+        never by a path or an mtime: a file changed in place must get a new key."""
         return {}
 
     def quantize(self, ctx: QuantizeContext, params: BaseModel) -> dict[str, Any]:

@@ -33,17 +33,19 @@ class PrebuiltArtifact(Quantizer):
         return params.format
 
     def identity(self, params: PrebuiltParams) -> dict[str, Any]:
-        from harness.data import sha256_file
+        """The artifact's bytes: a file's sha256, or a folder's {relative name: sha256} of every
+        file. Hashed through the store's cache, so an unchanged multi-GB file is not read again;
+        the path is not part of it (a moved file keeps its key)."""
+        from harness.store import hash_cache, tree_sha256
 
-        path = Path(params.path)
+        path = Path(params.path).expanduser()
         if path.is_file():
-            return {"sha256": sha256_file(path)}
-        st = path.stat()
-        return {"path": str(path.resolve()), "mtime": st.st_mtime_ns}
+            return {"sha256": hash_cache().sha256(path)}
+        return {"files": tree_sha256(path)}
 
     def quantize(self, ctx: QuantizeContext, params: PrebuiltParams) -> dict[str, Any]:
         out_dir = ctx.out_dir
-        src = Path(params.path).resolve()
+        src = Path(params.path).expanduser().resolve()
         entry = src.name
         # a link, not a copy: prebuilt artifacts can be many GB
         try:
