@@ -13,7 +13,6 @@ Usage: python benchmarks/llama_tools.py [--sdist FILE]   # prints the folder wit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -30,14 +29,6 @@ SDIST = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_SPEC = "llama-cpp-python==0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 TOOLS = ("llama-perplexity", "llama-bench")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tools_dir() -> Path:
@@ -57,7 +48,9 @@ def fetch_sdist(dest: Path, given: Path | None = None) -> Path:
         if find_links:
             cmd[4:4] = ["--no-index", "--find-links", find_links]
         subprocess.run(cmd, check=True)
-    digest = _sha256(path)
+    from harness.store import sha256_file
+
+    digest = sha256_file(path)
     if digest != SDIST_SHA256:
         raise SystemExit(f"{path}: sha256 {digest} is not the pinned {SDIST_SHA256}")
     return path
