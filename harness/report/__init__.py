@@ -28,6 +28,28 @@ def scoring_note(meta: dict) -> str:
     return f"{meta['windows']} windows of {meta.get('context_length')} tokens; scored: {which}."
 
 
+def unsandboxed_suites(results: dict) -> list[str]:
+    """Suites whose model-written code ran outside the bwrap sandbox (``sandbox: guard-only``),
+    from the suite meta or the per-item records; every report says so."""
+    out: list[str] = []
+    for r in [results.get("baseline") or {}, *(results.get("candidates") or [])]:
+        for sid, entry in (r.get("suites") or {}).items():
+            entry = entry or {}
+            marks = [str((entry.get("meta") or {}).get("sandbox", ""))]
+            marks += [str(rec.get("sandbox", "")) for rec in entry.get("records") or [] if isinstance(rec, dict)]
+            if any("UNSANDBOXED" in m for m in marks) and sid not in out:
+                out.append(sid)
+    return out
+
+
+def unsandboxed_note(results: dict) -> str:
+    suites = unsandboxed_suites(results)
+    if not suites:
+        return ""
+    return (f"UNSANDBOXED: model-written code in suite {', '.join(suites)} ran under the in-process "
+            "guard only (`sandbox: guard-only`), not in the bubblewrap sandbox.")
+
+
 def summary_markdown(results: dict) -> str:
     recs = [results["baseline"], *results["candidates"]]
     metric_names: list[str] = []
@@ -41,6 +63,7 @@ def summary_markdown(results: dict) -> str:
     lines = [f"# quantgate: {results['plan']['name']}", "",
              f"Run `{results['run_id']}` · policy `{results['policy'].get('name', 'inline')}` · "
              f"exit code **{results['exit_code']}**", "",
+             *([f"**{note}**", ""] if (note := unsandboxed_note(results)) else []),
              "| candidate | method | runtime | verdict | " + " | ".join(shown) + " | reason |",
              "|---|---|---|---|" + "---|" * len(shown) + "---|"]
     for r in recs:

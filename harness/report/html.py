@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report import figures as F
-from harness.report import scoring_note
+from harness.report import scoring_note, unsandboxed_note
 
 VERDICT_CSS = {"PASS": "pass", "FAIL": "fail", "INCONCLUSIVE": "inconclusive", "ERROR": "error"}
 EXIT_MEANING = {0: "every candidate passed every gate",
@@ -504,6 +504,8 @@ def render_html(results: dict) -> str:
     plan = results.get("plan") or {}
     title = f"quantgate: {plan.get('name') or '?'} · {results.get('run_id') or ''}"
     parts = [_header(results), _verdict_table(results)]
+    if note := unsandboxed_note(results):
+        parts.insert(1, f'<p class="warn"><b>{esc(note)}</b></p>')
     q = F.default_quality_metric(results)
     parts.append("<h2>Quality vs size</h2>")
     parts.append(_figure_block(lambda: F.pareto(results), "Pareto plot",
