@@ -40,10 +40,10 @@ p = problems[0]
 
 prog = humaneval_program(p, p["canonical_solution"])
 PATHS = [
-    ("trivial program `pass`", "old (old: subprocess + netns + guard)", lambda: old.run_python("pass").passed),
+    ("trivial program `pass`", "old (before bubblewrap: subprocess + netns + guard)", lambda: old.run_python("pass").passed),
     ("trivial program `pass`", "new, bwrap", lambda: new.run_python("pass").passed),
     ("trivial program `pass`", "new, guard-only (UNSANDBOXED)", lambda: new.run_python("pass", sandbox="guard-only").passed),
-    ("HumanEval/0 canonical", "old (old: one program, status pipe)", lambda: old.check_program(prog)["passed"]),
+    ("HumanEval/0 canonical", "old (before bubblewrap: one program, status pipe)", lambda: old.check_program(prog)["passed"]),
     ("HumanEval/0 canonical", "new, bwrap (candidate + checker sandboxes)",
      lambda: humaneval_check(p, p["canonical_solution"])["passed"]),
     ("HumanEval/0 canonical", "new, guard-only (UNSANDBOXED)",
