@@ -446,6 +446,7 @@ def test_probes_on_embedded_gguf(qg_home):
                       "decode_tps_p96_b1": tp["decode_tps_p96_b1"], "loadavg": os.getloadavg()}))
 
 
+@pytest.mark.slow  # loads the real model on two runtimes (~1 min)
 @pytest.mark.parametrize("runtime,fmt", [("llama-cpp", "gguf"), ("transformers", "hf")])
 def test_batch_decode_matches_one_sequence_at_a_time(qg_home, runtime, fmt):
     """The runtimes' batch hook decodes each sequence as batch 1 would: same greedy tokens
@@ -474,6 +475,7 @@ def test_batch_decode_matches_one_sequence_at_a_time(qg_home, runtime, fmt):
         session.close()
 
 
+@pytest.mark.slow  # the real model on llama.cpp
 def test_llama_cpp_timed_requests_serve_like_slots(qg_home):
     """llama.cpp's concurrency hook: 5 requests of different lengths through 2 and 3 slots of one
     context; each request gets the tokens it gets alone (slots reused after their KV is cleared),
