@@ -21,7 +21,7 @@ import numpy as np
 BUILTIN = ("wikitext2", "humaneval", "gsm8k", "mmlu")
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -35,7 +35,7 @@ def _record_text(rec: dict) -> str:
     raise ValueError("calibration JSONL records need a 'text' or 'messages' field")
 
 
-def _split(source: str) -> tuple[str, slice | None]:
+def split_source(source: str) -> tuple[str, slice | None]:
     """``humaneval[0:82]`` -> ("humaneval", slice(0, 82)): records of a built-in set."""
     import re
 
@@ -49,7 +49,7 @@ def load_calibration_text(source: str) -> str:
     """Text of a source; built-in record sets take a slice, e.g. ``humaneval[0:82]``."""
     from harness import data
 
-    source, part = _split(source)
+    source, part = split_source(source)
     if part is not None and source not in ("humaneval", "gsm8k", "mmlu"):
         raise ValueError(f"record slices apply to humaneval, gsm8k and mmlu, not {source!r}")
     if part is None:
@@ -57,22 +57,22 @@ def load_calibration_text(source: str) -> str:
     if source == "wikitext2":
         return data.local_file("wikitext2").read_bytes().decode("utf-8").replace("\r\n", "\n")
     if source == "gsm8k":
-        return "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _jsonl(data.local_file("gsm8k"))[part])
+        return "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in read_jsonl(data.local_file("gsm8k"))[part])
     if source == "humaneval":
-        return "\n\n".join(r["prompt"] + r["canonical_solution"] for r in _jsonl(data.fetch_asset("humaneval"))[part])
+        return "\n\n".join(r["prompt"] + r["canonical_solution"] for r in read_jsonl(data.fetch_asset("humaneval"))[part])
     if source == "mmlu":
         return "\n\n".join(
             f"{r['question']}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\nD. {r['answer_d']}\n"
-            f"Answer: {r['correct_answer']}" for r in _jsonl(data.fetch_asset("mmlu"))[part])
+            f"Answer: {r['correct_answer']}" for r in read_jsonl(data.fetch_asset("mmlu"))[part])
     if source.startswith("hub:"):
-        from harness.suites.perplexity import _hub_text
+        from harness.suites.perplexity import hub_text
 
-        return _hub_text(source[4:])
+        return hub_text(source[4:])
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"calibration source {source!r}: not a built-in ({', '.join(BUILTIN)}) nor a file")
     if path.suffix in (".jsonl", ".gz"):
-        return "\n\n".join(_record_text(r) for r in _jsonl(path))
+        return "\n\n".join(_record_text(r) for r in read_jsonl(path))
     return path.read_text(encoding="utf-8")
 
 

@@ -19,14 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.tracking import _mlflow
+from harness.tracking import mlflow_module
 
 _PLAN_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 STDERR = ".stderr"
 
 
 def _client(uri: str | None):
-    _mlflow()
+    mlflow_module()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

@@ -142,7 +142,7 @@ def _jsonable(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------ small helpers
-def _z(alpha: float) -> float:
+def z_value(alpha: float) -> float:
     return NormalDist().inv_cdf(1.0 - alpha)
 
 
@@ -500,7 +500,7 @@ def max_drop_binary(base: Any, cand: Any, max_drop: float, *, alpha: float = 0.0
         raise ValueError(f"max_drop must be in (-1, 1), got {max_drop}")
     a, b, c, d = _counts(base, cand)
     n = a + b + c + d
-    z = _z(alpha)
+    z = z_value(alpha)
     name = label or "accuracy"
     p_two = mcnemar_exact(b, c)
     p_one = mcnemar_exact(b, c, "base_better")
@@ -575,7 +575,7 @@ def min_ratio_binary(base: Any, cand: Any, min_ratio: float, *, alpha: float = 0
         raise ValueError("min_ratio must be > 0")
     a, b, c, d = _counts(base, cand)
     n = a + b + c + d
-    z = _z(alpha)
+    z = z_value(alpha)
     name = label or "accuracy"
     p_two = mcnemar_exact(b, c)
     details: dict[str, Any] = {"base_mean": (a + b) / n, "cand_mean": (a + c) / n,
@@ -618,7 +618,7 @@ def wilson_bounds(successes: int, n: int, alpha: float = 0.05) -> tuple[float, f
     """One-sided (1-alpha) Wilson score lower and upper bounds for a proportion."""
     if n <= 0:
         raise ValueError("n must be > 0")
-    z = _z(alpha)
+    z = z_value(alpha)
     p = successes / n
     z2n = z * z / n
     centre = p + z2n / 2.0
@@ -641,7 +641,7 @@ def min_value_binary(cand: Any, floor: float, *, alpha: float = 0.05, label: str
     verdict = _verdict(lower, upper, floor, higher_is_worse=False)
     needed = None
     if verdict == INCONCLUSIVE and 0.0 < floor < 1.0 and p != floor:
-        needed = max(n + 1, math.ceil(_z(alpha) ** 2 * floor * (1.0 - floor) / (p - floor) ** 2))
+        needed = max(n + 1, math.ceil(z_value(alpha) ** 2 * floor * (1.0 - floor) / (p - floor) ** 2))
     name = label or "accuracy"
     text = (f"{name} {100 * p:.2f}% [{100 * lower:.2f}, {100 * upper:.2f}], n={n}: {verdict} "
             f"(floor {100 * floor:g}%{_tail(verdict, needed, n, 0)})")
@@ -674,7 +674,7 @@ def max_drop_continuous(base: Any, cand: Any, max_drop: float, *, relative: bool
     lower, upper, a2 = _boot_interval(reps, alpha, n)
     se = float(np.std(reps, ddof=1))
     verdict = _verdict(lower, upper, max_drop, higher_is_worse=True, decide=n >= min_n)
-    needed = _finish_needed(_needed_from_se(n, se, max_drop - estimate, _z(alpha)), verdict, n,
+    needed = _finish_needed(_needed_from_se(n, se, max_drop - estimate, z_value(alpha)), verdict, n,
                             min_n)
     name = label or "score"
     if relative:
@@ -724,7 +724,7 @@ def max_increase_continuous(base_nll_sum: Any, cand_nll_sum: Any, n_tokens: Any,
     estimate = 100.0 * math.expm1(log_ratio)
     lower, upper = 100.0 * math.expm1(lo_r), 100.0 * math.expm1(hi_r)
     verdict = _verdict(lo_r, hi_r, thr_r, higher_is_worse=True, decide=n >= min_n)
-    needed = _finish_needed(_needed_from_se(n, se_r, thr_r - log_ratio, _z(alpha)), verdict, n,
+    needed = _finish_needed(_needed_from_se(n, se_r, thr_r - log_ratio, z_value(alpha)), verdict, n,
                             min_n)
     ppl_b = math.exp(nb.sum() / tok.sum())
     ppl_c = math.exp(nc.sum() / tok.sum())

@@ -51,7 +51,7 @@ class TrackingUnreachable(RuntimeError):
     """The tracking server did not answer at all (refused, timed out, name not resolved)."""
 
 
-def _mlflow():
+def mlflow_module():
     try:
         import mlflow
     except ImportError:
@@ -348,7 +348,7 @@ def _log_figures(client, log: _Log, results: dict, run_id: str) -> list[str]:
 
 def log_run(results: dict, spec, run_dir: Path) -> dict:
     """Log ``results`` to MLflow; returns what results.json records about it."""
-    _mlflow()
+    mlflow_module()
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()

@@ -60,7 +60,7 @@ def vector_verdicts(base, cand, max_drop: float, alpha: float = ALPHA):
     """The verdicts max_drop_binary gives, for many simulated gates at once (same bounds)."""
     b = np.sum((base == 1) & (cand == 0), axis=1)
     c = np.sum((base == 0) & (cand == 1), axis=1)
-    lo, hi = stats._tango_bounds(b, c, base.shape[1], stats._z(alpha))
+    lo, hi = stats._tango_bounds(b, c, base.shape[1], stats.z_value(alpha))
     return np.where(hi <= max_drop, PASS, np.where(lo > max_drop, FAIL, INCONCLUSIVE))
 
 
@@ -79,7 +79,7 @@ def trinomial_rates(n: int, disc: float, drop: float, max_drop: float, alpha: fl
     logp = (logfact[n] - logfact[b] - logfact[c] - logfact[rest] + b * math.log(p10)
             + c * math.log(p01) + rest * math.log1p(-p10 - p01))
     prob = np.where(ok, np.exp(logp), 0.0)
-    lo, hi = stats._tango_bounds(b, c, n, stats._z(alpha))
+    lo, hi = stats._tango_bounds(b, c, n, stats.z_value(alpha))
     return prob.sum(), float(prob[lo > max_drop].sum()), float(prob[hi <= max_drop].sum())
 
 

@@ -45,8 +45,8 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _z(alpha: float) -> float:
-    from harness.stats import _z as z
+def z_value(alpha: float) -> float:
+    from harness.stats import z_value as z
 
     return z(alpha)
 
@@ -134,7 +134,7 @@ def _point(gate, value: float, ref: float | None, alpha: float, stderr: float | 
         ok = est <= thr if bad_is_high else est >= thr
         return {"verdict": PASS if ok else FAIL, "estimate": est, "lower": None, "upper": None, "n": None,
                 "test": "measured value", "threshold": thr, "reason": words}
-    z = _z(alpha)
+    z = z_value(alpha)
     lo, hi = est - z * stderr, est + z * stderr
     if bad_is_high:
         verdict = PASS if hi <= thr else FAIL if lo > thr else INCONCLUSIVE

@@ -46,9 +46,9 @@ def mmlu_rows(source: str = "local") -> tuple[list[dict], dict[str, list[dict]]]
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import _jsonl
+        from harness.calibration import read_jsonl
 
-        raw = [r for r in _jsonl(data.fetch_asset("mmlu")) if r.get("correct_answer") in tuple(LETTERS)]
+        raw = [r for r in read_jsonl(data.fetch_asset("mmlu")) if r.get("correct_answer") in tuple(LETTERS)]
         rows = [{"id": f"mmlu-{i:05d}", "subject": r["topic"].replace(" ", "_"), "question": r["question"],
                  "choices": [r["answer_a"], r["answer_b"], r["answer_c"], r["answer_d"]],
                  "answer": LETTERS.index(r["correct_answer"])} for i, r in enumerate(raw)]
@@ -87,10 +87,10 @@ def gsm8k_dataset(source: str = "local", **_):
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import _jsonl
+        from harness.calibration import read_jsonl
 
         rows = [{"id": f"gsm8k-{i:04d}", "question": r["question"], "answer": r["answer"]}
-                for i, r in enumerate(_jsonl(data.local_file("gsm8k")))]
+                for i, r in enumerate(read_jsonl(data.local_file("gsm8k")))]
         return _dataset_dict({"train": rows[:GSM8K_FEWSHOT_POOL], "test": rows[GSM8K_FEWSHOT_POOL:]})
     ds = _hub(source if ":" in source[4:] else source + ":main")
     return _dataset_dict({split: [{"id": f"gsm8k-{split}-{i:04d}", "question": r["question"], "answer": r["answer"]}
@@ -102,9 +102,9 @@ def humaneval_dataset(source: str = "local", **_):
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import _jsonl
+        from harness.calibration import read_jsonl
 
-        rows = _jsonl(data.fetch_asset("humaneval"))
+        rows = read_jsonl(data.fetch_asset("humaneval"))
     else:
         rows = list(_hub(source)["test"])
     keep = ("task_id", "prompt", "canonical_solution", "test", "entry_point")

@@ -67,15 +67,15 @@ def first_scored_row(params: PerplexityParams, window_length: int) -> int:
 
 
 def load_text(dataset: str, newline: str) -> str:
-    from harness.calibration import BUILTIN, _split, load_calibration_text
+    from harness.calibration import BUILTIN, load_calibration_text, split_source
     from harness.data import LOCAL_FILES, local_file
 
     if dataset in LOCAL_FILES:
         raw = local_file(dataset).read_bytes().decode("utf-8")
-    elif _split(dataset)[0] in BUILTIN:
+    elif split_source(dataset)[0] in BUILTIN:
         raw = load_calibration_text(dataset)  # record sets: humaneval, gsm8k, mmlu (sliceable)
     elif dataset.startswith("hub:"):
-        raw = _hub_text(dataset[4:])
+        raw = hub_text(dataset[4:])
     else:
         path = Path(dataset).expanduser()
         if not path.is_file():
@@ -84,7 +84,7 @@ def load_text(dataset: str, newline: str) -> str:
     return raw.replace("\r\n", "\n") if newline == "lf" else raw
 
 
-def _hub_text(spec: str) -> str:
+def hub_text(spec: str) -> str:
     """A hub dataset's ``text`` column joined by newlines (as lm-eval's wikitext task)."""
     try:
         import datasets
