@@ -23,6 +23,7 @@ REGISTRY = Registry(
         "humaneval": "harness.suites.humaneval:HumanEvalSuite",
         "json-format": "harness.suites.json_format:JsonFormatSuite",
     },
+    base="harness.suites:Suite",
 )
 
 

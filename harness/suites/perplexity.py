@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness import sources
 from harness.suites import Suite
 
 
@@ -67,33 +68,21 @@ def first_scored_row(params: PerplexityParams, window_length: int) -> int:
 
 
 def load_text(dataset: str, newline: str) -> str:
-    from harness.calibration import BUILTIN, load_calibration_text, split_source
-    from harness.data import LOCAL_FILES, local_file
-
-    if dataset in LOCAL_FILES:
-        raw = local_file(dataset).read_bytes().decode("utf-8")
-    elif split_source(dataset)[0] in BUILTIN:
-        raw = load_calibration_text(dataset)  # record sets: humaneval, gsm8k, mmlu (sliceable)
-    elif dataset.startswith("hub:"):
-        raw = hub_text(dataset[4:])
+    """The suite's text: a pinned local file (``wikitext2``, ``gsm8k``) or a local file as
+    stored, a sliced or record built-in rendered as records, a hub dataset's text; then
+    CRLF -> LF when ``newline`` is "lf"."""
+    if sources.is_pinned_file(dataset):
+        raw = sources.pinned_file_text(dataset)
+    elif sources.is_builtin(dataset):
+        raw = sources.load_text(dataset)  # record sets: humaneval, gsm8k, mmlu (sliceable)
+    elif sources.is_hub(dataset):
+        raw = sources.hub_text(dataset[len(sources.HUB_PREFIX):])
     else:
         path = Path(dataset).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"perplexity dataset {dataset!r}: no such file")
-        raw = path.read_bytes().decode("utf-8")
+        raw = sources.file_bytes_text(path)
     return raw.replace("\r\n", "\n") if newline == "lf" else raw
-
-
-def hub_text(spec: str) -> str:
-    """A hub dataset's ``text`` column joined by newlines (as lm-eval's wikitext task)."""
-    try:
-        import datasets
-    except ImportError:
-        raise RuntimeError("hub datasets need the 'datasets' package: pip install datasets") from None
-    parts = spec.split(":")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else "test")
-    ds = datasets.load_dataset(name, config, split=split)
-    return "".join(ds["text"])
 
 
 def _hash_tokens(ids: list[int]) -> str:
