@@ -117,8 +117,11 @@ def write_hf_bf16(src_gguf: Path, dst: Path) -> dict[str, Any]:
 
 
 def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
-    """Path of the baseline in format ``fmt`` ("gguf" or "hf"), built once into the store."""
+    """Path of the baseline in format ``fmt`` ("gguf" or "hf"; "fake" for ``fake:<name>``),
+    built once into the store."""
     store = store or Store(log=log)
+    if model.startswith("fake:"):
+        return _derive_fake(model, fmt, store, log)
     src = source_file(model, log)
     key = source_key(src, store.hashes)
     if fmt == "gguf":
@@ -146,6 +149,31 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
                 _write_manifest(store, tmp, src, key, "hf-bf16", HF_NAME, t0, info)
         return folder / HF_NAME
     raise ValueError(f"unknown baseline format {fmt!r}")
+
+
+def _derive_fake(model: str, fmt: str, store: Store, log) -> Path:
+    """The test model of ``harness.runtimes.fake``: fitted from the text bundled with it (no
+    source file), stored like any derived baseline under a key of what it is made from."""
+    from harness.runtimes import fake
+
+    why = fake.check_model(model)
+    if why:
+        raise PlanError(f"baseline.model: {why}")
+    if fmt != fake.FORMAT_NAME:
+        raise PlanError(f"baseline.model: {model!r} exists only in format {fake.FORMAT_NAME!r}, not {fmt!r}")
+    key = fake.model_key(model)
+    name = f"{key}-{fmt}"
+    folder = store.folder("baselines", name)
+    if store.reusable_manifest("baselines", name) is None:
+        log(f"fitting the fake baseline {model}")
+        t0 = time.perf_counter()
+        with atomic_dir(folder) as tmp:
+            info = fake.write_baseline(model, tmp / fake.BASELINE_ENTRY)
+            store.seal(tmp, {"kind": "fake", "entry": fake.BASELINE_ENTRY, "source": model, "source_key": key,
+                             "size_bytes": dir_size(tmp / fake.BASELINE_ENTRY),
+                             "seconds": round(time.perf_counter() - t0, 3),
+                             "versions": fake.FakeRuntime().versions(), **info})
+    return folder / fake.BASELINE_ENTRY
 
 
 def _write_manifest(store: Store, folder: Path, src: Path, key: str, kind: str, entry: str, t0: float,
