@@ -626,6 +626,12 @@ class FakeRuntime(Runtime):
     accepts = (FORMAT_NAME,)
     speed_only_params = ("threads", "decode_delay_ms")
 
+    @staticmethod
+    def check_baseline(model: str) -> str | None:
+        """Why a plan's ``baseline.model`` ``fake:<name>`` names no fake model, or None
+        (``harness.validate.check_baseline_model`` asks)."""
+        return check_model(model)
+
     def versions(self) -> dict[str, str]:
         return {"quantgate-fake": f"{FILE_FORMAT} fit {FIT_VERSION}", "numpy": np.__version__}
 
