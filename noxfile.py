@@ -1,7 +1,7 @@
-"""Sessions: tests, demo, bench, nightly, lint (and vllm, in its own virtualenv).
+"""Sessions: tests, demo, bench, nightly, lint, installed (and vllm, in its own virtualenv).
 
 `tests` and `bench` install quantgate with every extra, `demo` with what the smoke
-plan needs, each into its own virtualenv. torch is pinned (==2.13.0, the CPU build on this project's machines);
+plan needs, each into its own virtualenv; `installed` checks the built wheel (not editable). torch is pinned (==2.13.0, the CPU build on this project's machines);
 llama-cpp-python is built from source by pip the first time (about 5.5 minutes on
 2 cores) and reused from pip's wheel cache afterwards.
 """
@@ -69,6 +69,142 @@ def nightly(session: nox.Session) -> None:
     env = _env()
     session.run("quantgate", "data", "fetch", env=env)
     session.run("quantgate", "run", "configs/nightly.yaml", *session.posargs, env=env, success_codes=[0, 1])
+
+
+# What the wheel must carry besides code (harness/shipped/<kind>/, read through harness.resources)
+SHIPPED = {
+    "suites": ["lm_eval/*.yaml", "lm_eval/quantgate_tasks.py", "json_format/cases.jsonl"],
+    "gates": ["*.yaml"],
+    "configs": ["*.yaml"],
+}
+# A run that reads every kind of shipped file: lm-eval task YAMLs and quantgate_tasks.py (mmlu),
+# the JSON cases (json-format) and, by name, a shipped policy (gates: smoke, whose gates are on
+# wikitext2.ppl and size.gib; 10 windows of 512 tokens, the fewest its paired bootstrap decides
+# from). {seed} is new each session so the lm-eval suites are scored again, not reused from the store.
+INSTALLED_PLAN = """\
+name: installed-check
+description: quantgate installed from its wheel, run from a folder outside the checkout
+baseline:
+  name: f16
+  model: embedded:smollm2-135m
+  runtime: {{name: llama-cpp}}
+candidates:
+  - name: q8_0
+    quantizer: {{method: gguf, params: {{type: Q8_0}}}}
+    runtime: {{name: llama-cpp}}
+suites:
+  - suite: perplexity
+    name: wikitext2
+    params: {{dataset: wikitext2, context_length: 512, max_tokens: 5120, newline: lf}}
+  - suite: mmlu
+    params: {{limit: 20, seed: {seed}}}
+  - suite: json-format
+    name: json
+    params: {{limit: 4, max_gen_toks: 64, seed: {seed}}}
+probes:
+  size: {{}}
+gates: smoke
+tracking: {{enabled: false}}
+"""
+
+
+def _copy_checkout(dest: Path) -> Path:
+    """The checkout without build outputs: a wheel built in place would also pack whatever an
+    earlier build left in build/lib/."""
+    import shutil
+
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
+        ".git", ".nox", ".venv", "build", "dist", "reports", "*.egg-info", "__pycache__",
+        ".pytest_cache", ".ruff_cache", "mlruns", "mlartifacts", "*.gguf", "*.safetensors"))
+    return dest
+
+
+def _check_wheel(wheel: Path) -> int:
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = [f"harness/shipped/{kind}/{p.relative_to(ROOT / kind).as_posix()}"
+                for kind, patterns in SHIPPED.items() for pattern in patterns
+                for p in (ROOT / kind).glob(pattern)]
+    missing = [n for n in expected if n not in names]
+    if missing or len(expected) < 10:
+        raise AssertionError(f"{wheel.name} lacks shipped files: {missing or expected}")
+    return len(expected)
+
+
+@nox.session(python=PYTHON)
+def installed(session: nox.Session) -> None:
+    """quantgate as a user installs it: the wheel built from this checkout, checked to carry
+    suites/, gates/ and configs/, installed (not editable) with the llamacpp and eval extras,
+    and run from a folder outside the checkout: `quantgate validate` on every shipped plan,
+    then a small plan end to end (F16 vs Q8_0 on llama.cpp: perplexity, MMLU 20 questions,
+    4 JSON cases, the shipped smoke policy by name; tracking off)."""
+    import json
+    import random
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="quantgate-installed-"))  # removed when the session passes
+    session.log(f"working in {work}")
+    dist = work / "dist"
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
+                str(_copy_checkout(work / "src")))
+    (wheel,) = dist.glob("quantgate-*.whl")
+    session.log(f"{wheel.name}: {_check_wheel(wheel)} shipped files present")
+    shutil.rmtree(work / "src")
+    # the same version may be installed from an earlier session: replace it
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "quantgate")
+    session.install(f"{wheel}[llamacpp,eval]")
+
+    run_dir = work / "run"
+    run_dir.mkdir()
+    session.chdir(run_dir)
+    env = {**_env(), "PYTHONPATH": ""}
+    # quantgate from the virtualenv's site-packages, its shipped files from the package
+    probe = (
+        "import json, sys, sysconfig, harness, harness.resources as r\n"
+        "from pathlib import Path\n"
+        f"root = Path({str(ROOT)!r})\n"
+        "site = Path(sysconfig.get_paths()['purelib']).resolve()\n"
+        "assert Path(harness.__file__).resolve() == site / 'harness' / '__init__.py', harness.__file__\n"
+        "assert r.shipped_path('configs').resolve() == site / 'harness' / 'shipped' / 'configs'\n"
+        "assert not any(p and Path(p).resolve() == root for p in sys.path), sys.path\n"
+        "print(json.dumps({'harness': harness.__file__,\n"
+        "                  'plans': [str(r.shipped_path('configs') / f'{n}.yaml') for n in r.names('configs')]}))\n"
+    )
+    out = session.run("python", "-c", probe, env=env, silent=True)
+    found = json.loads(out.strip().splitlines()[-1])
+    session.log(f"quantgate imported from {found['harness']}")
+    for plan in found["plans"]:
+        session.run("quantgate", "validate", plan, env=env)
+
+    session.run("quantgate", "data", "fetch", env=env)
+    (run_dir / "installed-check.yaml").write_text(INSTALLED_PLAN.format(seed=random.randrange(1, 1 << 30)))
+    session.run("quantgate", "validate", "installed-check.yaml", env=env)
+    session.run("quantgate", "run", "installed-check.yaml", "--reports-dir", "reports", env=env,
+                success_codes=[0, 1])
+    (results_path,) = (run_dir / "reports").glob("*/results.json")
+    results = json.loads(results_path.read_text())
+    for rec in [results["baseline"], *results["candidates"]]:
+        suites = rec.get("suites") or {}
+        for sid in ("mmlu", "json"):
+            entry = suites.get(sid) or {}
+            if rec.get("status") != "ok" or not entry.get("metrics") or entry.get("reused"):
+                raise AssertionError(f"{rec['name']}: suite {sid} not scored by this run: "
+                                     f"{rec.get('status')} {rec.get('error')} {entry.get('metrics')}")
+        if suites["mmlu"]["metrics"]["acc"]["n"] != 20:
+            raise AssertionError(f"{rec['name']}: mmlu scored {suites['mmlu']['metrics']['acc']['n']} of 20 questions")
+        task_file = suites["mmlu"]["meta"]["task_file"]
+        if "/harness/shipped/suites/lm_eval/" not in Path(task_file).resolve().as_posix():
+            raise AssertionError(f"the mmlu task came from the checkout: {task_file}")
+        session.log(f"{rec['name']}: mmlu acc {suites['mmlu']['metrics']['acc']['value']:.3f} "
+                    f"({suites['mmlu']['metrics']['acc']['n']} questions), json parsed "
+                    f"{suites['json']['metrics']['parsed']['value']:.2f}, task file {task_file}")
+    if results["exit_code"] not in (0, 1):
+        raise AssertionError(f"the run did not complete: exit code {results['exit_code']}")
+    session.log(f"exit code {results['exit_code']}, results: {results_path}")
+    session.chdir(ROOT)
+    shutil.rmtree(work)
 
 
 @nox.session(python=PYTHON)

@@ -35,8 +35,9 @@ class JsonFormatSuite(LmEvalSuite):
         return {"cases": str(Path(params.cases).expanduser().resolve()) if params.cases else None}
 
     def data_identity(self, params: JsonFormatParams) -> dict:
-        from harness.suites.lm_eval_tasks import REPO_SUITES
+        from harness.resources import shipped_path
 
-        path = Path(params.cases).expanduser() if params.cases else REPO_SUITES / "json_format" / "cases.jsonl"
+        path = (Path(params.cases).expanduser() if params.cases
+                else shipped_path("suites") / "json_format" / "cases.jsonl")
         return {**super().data_identity(params),
                 "cases_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}

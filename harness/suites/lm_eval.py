@@ -1,12 +1,13 @@
 """lm-eval as the engine of quantgate's task suites (mmlu, gsm8k, humaneval, json-format).
 
-Each suite names a task YAML under ``suites/lm_eval/`` (copy one to make your own and
-point ``task_file`` at it). ``prepare`` (on the baseline) fixes which documents are scored
-(a seeded subset of ``limit`` documents, stratified by subject where the task has one);
-``score`` runs lm-eval's ``evaluate`` on exactly those documents through the candidate's
-session (``harness.lmeval.SessionLM``) with per-sample logging, and turns lm-eval's samples
-into quantgate's per-item records (id, prompt hash, response, target, scores) so gates can
-pair candidate and baseline item by item.
+Each suite names a task YAML under ``suites/lm_eval/`` (in a wheel: the package's shipped
+copy, ``harness.resources``; copy one to make your own and point ``task_file`` at it).
+``prepare`` (on the baseline) fixes which documents are scored (a seeded subset of
+``limit`` documents, stratified by subject where the task has one); ``score`` runs
+lm-eval's ``evaluate`` on exactly those documents through the candidate's session
+(``harness.lmeval.SessionLM``) with per-sample logging, and turns lm-eval's samples into
+quantgate's per-item records (id, prompt hash, response, target, scores) so gates can pair
+candidate and baseline item by item.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.resources import shipped_path
 from harness.suites import Suite
-
-TASKS_DIR = Path(__file__).resolve().parents[2] / "suites" / "lm_eval"
 
 
 class LmEvalParams(BaseModel):
@@ -62,7 +62,10 @@ class LmEvalSuite(Suite):
         return {"source": params.source}
 
     def task_path(self, params: BaseModel) -> Path:
-        return Path(params.task_file).expanduser() if params.task_file else TASKS_DIR / self.task_yaml
+        # a real file: lm-eval resolves `!function quantgate_tasks.X` next to it
+        if params.task_file:
+            return Path(params.task_file).expanduser()
+        return shipped_path("suites") / "lm_eval" / self.task_yaml
 
     def task_config(self, params: BaseModel) -> dict[str, Any]:
         from lm_eval.tasks._yaml_loader import load_yaml
@@ -140,7 +143,12 @@ class LmEvalSuite(Suite):
         from harness.lmeval import SessionLM
 
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
-        task = self.build_task(params)
+        # one task per suite object and params: the runner scores items in chunks (progress),
+        # and building MMLU's task reads all 14,000 questions (~1.7 s)
+        cache_key = params.model_dump_json()
+        if getattr(self, "_task_cache", (None, None))[0] != cache_key:
+            self._task_cache = (cache_key, self.build_task(params))
+        task = self._task_cache[1]
         name = task.config.task
         lm = SessionLM(session, batch_size=params.batch_size)
         # the chosen documents' positions; lm-eval renumbers doc_id within the subset,

@@ -14,7 +14,6 @@ from pathlib import Path
 LETTERS = "ABCD"
 GSM8K_FEWSHOT_POOL = 100  # offline: first rows of the test file, never scored
 MMLU_DEV_PER_SUBJECT = 5
-REPO_SUITES = Path(__file__).resolve().parents[2] / "suites"
 
 
 def _dataset_dict(splits: dict[str, list[dict]]):
@@ -46,7 +45,7 @@ def mmlu_rows(source: str = "local") -> tuple[list[dict], dict[str, list[dict]]]
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import read_jsonl
+        from harness.sources import read_jsonl
 
         raw = [r for r in read_jsonl(data.fetch_asset("mmlu")) if r.get("correct_answer") in tuple(LETTERS)]
         rows = [{"id": f"mmlu-{i:05d}", "subject": r["topic"].replace(" ", "_"), "question": r["question"],
@@ -87,7 +86,7 @@ def gsm8k_dataset(source: str = "local", **_):
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import read_jsonl
+        from harness.sources import read_jsonl
 
         rows = [{"id": f"gsm8k-{i:04d}", "question": r["question"], "answer": r["answer"]}
                 for i, r in enumerate(read_jsonl(data.local_file("gsm8k")))]
@@ -102,7 +101,7 @@ def humaneval_dataset(source: str = "local", **_):
     _check_source(source)
     if source == "local":
         from harness import data
-        from harness.calibration import read_jsonl
+        from harness.sources import read_jsonl
 
         rows = read_jsonl(data.fetch_asset("humaneval"))
     else:
@@ -120,9 +119,10 @@ def humaneval_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 # ------------------------------------------------------------- JSON format
 def json_format_dataset(cases: str | None = None, **_):
+    from harness.resources import shipped_path
     from harness.scoring import load_cases
 
-    path = Path(cases) if cases else REPO_SUITES / "json_format" / "cases.jsonl"
+    path = Path(cases) if cases else shipped_path("suites") / "json_format" / "cases.jsonl"
     rows = [{"id": c["id"], "category": c.get("category", ""), "prompt": c["prompt"],
              "schema_json": json.dumps(c["schema"], sort_keys=True),
              "expected_json": json.dumps(c["expected"], sort_keys=True)} for c in load_cases(path)]
