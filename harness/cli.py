@@ -10,12 +10,15 @@ import argparse
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from harness import planner
 from harness.errors import QuantgateError
+
+if TYPE_CHECKING:
+    from harness.results import RunResults
 
 try:  # typer >= 0.2x vendors click; older typer uses the click package
     from typer._click import exceptions as _click_exc
@@ -49,41 +52,20 @@ def _handled(fn):
 
 # ----------------------------------------------------------------------------- results
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    """``obj[key]`` for a results dict, ``obj.key`` for a typed results model (harness.results)."""
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _set(obj: Any, key: str, value: Any) -> None:
-    if isinstance(obj, dict):
-        obj[key] = value
-    else:
-        setattr(obj, key, value)
-
-
-def _verdict_rows(results: Any) -> list[tuple[str, str, str]]:
+def _verdict_rows(results: RunResults) -> list[tuple[str, str, str]]:
     """(candidate, verdict, reason) for the baseline and every candidate."""
     rows = []
-    for r in [_get(results, "baseline"), *(_get(results, "candidates") or [])]:
-        if r is None:
-            continue
-        if _get(r, "status") != "ok":
-            error = _get(r, "error")
-            reason = f"{_get(error, 'stage')}: {_get(error, 'message')}"
+    for r in results.records():
+        if r.status != "ok":
+            reason = f"{r.error.stage}: {r.error.message}" if r.error else "error"
         else:
-            reason = "; ".join(str(_get(v, "reason")) for v in (_get(r, "verdicts") or [])
-                               if _get(v, "verdict") != "PASS") or "all gates pass"
-        verdict = _get(r, "verdict") if _get(r, "role") == "candidate" else "baseline"
-        rows.append((str(_get(r, "name")), str(verdict), reason))
+            reason = "; ".join(v.reason for v in r.verdicts if v.verdict != "PASS") or "all gates pass"
+        rows.append((r.name, str(r.verdict) if r.role == "candidate" else "baseline", reason))
     return rows
 
 
-def verdict_table(results: Any) -> str:
-    """The verdicts as plain text: one aligned row per record (a results dict or model)."""
+def verdict_table(results: RunResults) -> str:
+    """The verdicts as plain text: one aligned row per record."""
     rows = [("candidate", "verdict", "reason"), *_verdict_rows(results)]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
@@ -94,7 +76,7 @@ _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "ERROR": "bold red",
                   "INCONCLUSIVE": "bold yellow", "baseline": "dim"}
 
 
-def print_verdicts(results: Any, console: Any = None) -> None:
+def print_verdicts(results: RunResults, console: Any = None) -> None:
     """A rich table on a terminal; the plain ``verdict_table`` in CI or a pipe."""
     from harness.progress import is_interactive
 
@@ -114,15 +96,13 @@ def print_verdicts(results: Any, console: Any = None) -> None:
     (console or Console()).print(table)
 
 
-def _print_approved(results: Any) -> None:
-    print("approved: " + (", ".join(_get(results, "approved") or []) or "(none)"))
+def _print_approved(results: RunResults) -> None:
+    print("approved: " + (", ".join(results.approved) or "(none)"))
 
 
 def _load_plan(path: str) -> Any:
-    try:  # the loader that checks names too moved to harness.validate
-        from harness.validate import load_plan
-    except ImportError:  # pragma: no cover - older layout
-        from harness.config import load_plan
+    from harness.validate import load_plan
+
     return load_plan(path)
 
 
@@ -193,8 +173,7 @@ def cmd_run(
         p.tracking.enabled = False
     progress = make_progress()
     try:
-        runner = Runner(p, reports_dir=Path(reports_dir), log=progress.log)
-        # TODO(progress): pass progress=progress to Runner once harness/pipeline.py accepts it
+        runner = Runner(p, reports_dir=Path(reports_dir), progress=progress)
         results = runner.execute()
     finally:
         progress.close()
@@ -203,14 +182,13 @@ def cmd_run(
         from harness.tracking import log_run
 
         try:
-            _set(results, "tracking", log_run(results, p.tracking, runner.run_dir))
-            tracking = _get(results, "tracking")
-            print(f"MLflow: {_get(tracking, 'uri')} experiment {p.tracking.experiment!r}, "
-                  f"parent run {_get(tracking, 'parent_run_id')}")
+            results.tracking = log_run(results, p.tracking, runner.run_dir)
+            print(f"MLflow: {results.tracking['uri']} experiment {p.tracking.experiment!r}, "
+                  f"parent run {results.tracking['parent_run_id']}")
         except Exception as exc:  # the results are written already; say what failed
-            _set(results, "tracking", {"error": f"{type(exc).__name__}: {exc}"})
+            results.tracking = {"error": f"{type(exc).__name__}: {exc}"}
             _err(f"MLflow logging failed: {type(exc).__name__}: {exc}")
-            _set(results, "exit_code", 2)
+            results.exit_code = 2
         write_reports(results, runner.run_dir)
     print()
     print_verdicts(results)
@@ -218,8 +196,8 @@ def cmd_run(
     _print_approved(results)
     print(f"report: {paths['summary']}  results: {paths['results']}")
     print(f"html: {paths['html']}" if paths.get("html") else f"note: report.html failed: {paths.get('html_error')}")
-    print(f"exit code {_get(results, 'exit_code')}")
-    return _get(results, "exit_code")
+    print(f"exit code {results.exit_code}")
+    return results.exit_code
 
 
 @app.command("gate")
@@ -244,7 +222,7 @@ def cmd_gate(
     else:
         from harness.config import GatePolicy
 
-        gate_policy = GatePolicy.model_validate(_get(results, "policy"))
+        gate_policy = GatePolicy.model_validate(results.policy)
     results = gates.decide(results, gate_policy)
     print_verdicts(results)
     print()
@@ -252,18 +230,8 @@ def cmd_gate(
     if out:
         paths = write_reports(results, Path(out))
         print(f"report: {paths['summary']}  results: {paths['results']}")
-    print(f"exit code {_get(results, 'exit_code')}")
-    return _get(results, "exit_code")
-
-
-def _as_results(data: Any, where: str) -> Any:
-    """A results dict read from MLflow as what ``load_results`` returns (a typed model where
-    harness.results has them, else the dict)."""
-    try:
-        from harness.results import parse_results
-    except ImportError:
-        return data
-    return parse_results(data, where)
+    print(f"exit code {results.exit_code}")
+    return results.exit_code
 
 
 def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> Any:
@@ -277,7 +245,7 @@ def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> Any:
     results = history.results_json(uri, last["run_id"])
     if results is None:
         raise ResultsError(f"the accepted run {last['run_id']} has no results.json artifact")
-    return _as_results(results, f"the accepted run {last['run_id']}") if isinstance(results, dict) else results
+    return results
 
 
 _URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI)."
@@ -300,15 +268,12 @@ def cmd_compare(
     out: Annotated[str | None, typer.Option("--out", help="Also write the Markdown table to this file.")] = None,
 ) -> int:
     """Every metric of two stored runs side by side, paired where items match."""
-    try:
-        from harness.compare import compare_markdown, compare_runs
-    except ImportError:  # before harness/compare.py: in harness.results
-        from harness.results import compare_markdown, compare_runs
+    from harness.compare import compare_markdown, compare_runs
     from harness.results import load_results
 
     if accepted:  # nightly: against the last accepted run of the same plan, from MLflow
         b, _ = load_results(run_a)
-        plan = _get(b, "plan") or {}
+        plan = b.plan
         a = _accepted_results(uri, experiment or (plan.get("tracking") or {}).get("experiment", "quantgate"),
                               plan["name"])
     else:

@@ -1,17 +1,18 @@
-"""The plan schema (pydantic v2) and its loader.
+"""The plan schema (pydantic v2) and its structural parse.
 
 A plan is read in two passes: the structure (this module's models, unknown keys
-rejected), then the names it uses (quantizer methods, runtimes, suites, probes,
-gate metrics) against the adapter registries, each adapter validating its own
-``params``. Every problem becomes a ``PlanError`` whose message names the file,
-the key path, the bad value and what is allowed.
+rejected: ``parse_plan``), then the names it uses (quantizer methods, runtimes, suites,
+probes, gate metrics) against the adapter registries, each adapter validating its own
+``params`` (``harness.validate``; ``harness.validate.load_plan`` does both). Every
+problem becomes a ``PlanError`` whose message names the file, the key path, the bad
+value and what is allowed.
 """
 
 from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -73,59 +74,22 @@ class SuiteSpec(Strict):
 
 
 # ------------------------------------------------------------------- gates
-class _Gate(Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    metric: str
+def _gate_union() -> Any:
+    """Every registered gate kind (``harness.gates``), discriminated by ``kind``."""
+    from harness.gates import REGISTRY
+
+    classes = tuple(REGISTRY.get(k) for k in REGISTRY.names())
+    return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007
 
 
-class MaxIncreasePctGate(_Gate):
-    """Candidate may exceed the baseline by at most ``max_pct`` percent (lower is better)."""
+def _gate_kinds() -> list[str]:
+    from harness.gates import REGISTRY
 
-    kind: Literal["max_increase_pct"]
-    max_pct: float = Field(ge=0)
-
-
-class MaxDropPctGate(_Gate):
-    """Candidate may fall below the baseline by at most ``max_pct`` percent (higher is better)."""
-
-    kind: Literal["max_drop_pct"]
-    max_pct: float = Field(ge=0)
+    return REGISTRY.names()
 
 
-class MaxDropGate(_Gate):
-    """Candidate may fall below the baseline by at most ``max`` in the metric's own units
-    (accuracy 0.02 = 2 points), judged on paired items (higher is better)."""
-
-    kind: Literal["max_drop"]
-    max: float = Field(ge=0)
-
-
-class MinRatioGate(_Gate):
-    """Recovery: candidate / baseline at least ``min`` (e.g. 0.95), judged on paired items."""
-
-    kind: Literal["min_ratio"]
-    min: float = Field(gt=0)
-
-
-class MaxValueGate(_Gate):
-    """An absolute ceiling, e.g. size on disk or peak RAM in GiB."""
-
-    kind: Literal["max_value"]
-    max: float = Field(gt=0)
-
-
-class MinValueGate(_Gate):
-    """An absolute floor, e.g. accuracy >= 0.6 or decode tokens/s >= 20."""
-
-    kind: Literal["min_value"]
-    min: float
-
-
-GateSpec = Annotated[
-    MaxIncreasePctGate | MaxDropPctGate | MaxDropGate | MinRatioGate | MaxValueGate | MinValueGate,
-    Field(discriminator="kind"),
-]
-GATE_KINDS = ["max_increase_pct", "max_drop_pct", "max_drop", "min_ratio", "max_value", "min_value"]
+GateSpec = _gate_union()
+GATE_KINDS = _gate_kinds()
 
 
 class GatePolicy(Strict):
@@ -157,11 +121,11 @@ class Plan(Strict):
     suites: list[SuiteSpec] = Field(min_length=1)
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: a policy file (gates/NAME.yaml), an inline list of gates, or an inline policy;
-    #: load_plan validates it as a GatePolicy (kept loose here so errors name one cause)
+    #: parse_plan validates it as a GatePolicy (kept loose here so errors name one cause)
     gates: str | list[Any] | dict[str, Any]
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
-    # Filled by load_plan, not read from YAML.
+    # Filled by parse_plan, not read from YAML.
     _source_path: str | None = PrivateAttr(None)
     _policy: GatePolicy | None = PrivateAttr(None)
 
@@ -171,7 +135,7 @@ class Plan(Strict):
 
     def policy(self) -> GatePolicy:
         if self._policy is None:
-            raise RuntimeError("load_plan resolves the gate policy")  # pragma: no cover
+            raise RuntimeError("parse_plan resolves the gate policy")  # pragma: no cover
         return self._policy
 
 
@@ -283,15 +247,11 @@ def _read_yaml(path: Path, what: str) -> Any:
 
 
 def _policy_path(ref: str, plan_path: Path) -> Path:
-    """A policy reference: relative to the plan, then to the project's gates/ folder."""
-    cand = Path(ref)
-    if cand.is_absolute():
-        return cand
-    for base in (plan_path.parent, Path.cwd(), plan_path.parent.parent):
-        for p in (base / ref, base / "gates" / ref, base / "gates" / f"{ref}.yaml"):
-            if p.is_file():
-                return p
-    return plan_path.parent / ref
+    """A policy reference: relative to the plan, then to the project's gates/ folder, then
+    the policies shipped with quantgate (harness.resources.find_policy)."""
+    from harness.resources import find_policy
+
+    return find_policy(ref, plan_path.parent) or plan_path.parent / Path(ref).expanduser()
 
 
 def parse_policy(data: Any, where: Path, prefix: tuple = ()) -> GatePolicy:
@@ -313,8 +273,10 @@ def load_policy(path: Path) -> GatePolicy:
     return policy
 
 
-def load_plan(path: str | Path, check_names: bool = True) -> Plan:
-    """Read and validate a plan file; raise PlanError with one line per problem."""
+def parse_plan(path: str | Path) -> Plan:
+    """Read a plan file's structure: YAML, the schema, and the gate policy it names or holds;
+    raise PlanError with one line per problem. The names it uses (methods, runtimes, suites,
+    probes, metrics) are not checked here: ``harness.validate.load_plan`` does both passes."""
     path = Path(path)
     data = _read_yaml(path, "plan")
     if not isinstance(data, dict):
@@ -331,10 +293,4 @@ def load_plan(path: str | Path, check_names: bool = True) -> Plan:
         plan._policy = load_policy(policy_file)
     else:
         plan._policy = parse_policy(plan.gates, path, ("gates",))
-    if check_names:
-        from harness.validate import check_plan
-
-        problems = check_plan(plan)
-        if problems:
-            raise PlanError("\n".join(f"{path}: {p}" for p in problems))
     return plan

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ def _trampoline(fn: Callable, log_path: str | None, args: tuple, kwargs: dict) -
     return fn(*args, **kwargs)
 
 
-def run_isolated(fn: Callable, *args: Any, log_path: Path | None = None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a spawned process; its exception is re-raised here."""
+def run_isolated(fn: Callable, *args: Any, log_path: Path | None = None,
+                 on_poll: Callable[[], None] | None = None, poll_seconds: float = 0.5, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a spawned process; its exception is re-raised here.
+    ``on_poll`` is called every ``poll_seconds`` while the worker runs (progress display)."""
     # OpenMP busy-waiting makes 2-thread runs slower than 1 on a loaded 2-core machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if log_path:
@@ -41,6 +44,12 @@ def run_isolated(fn: Callable, *args: Any, log_path: Path | None = None, **kwarg
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         future = pool.submit(_trampoline, fn, str(log_path) if log_path else None, args, kwargs)
         try:
+            if on_poll is not None:
+                while True:
+                    try:
+                        return future.result(timeout=poll_seconds)
+                    except FuturesTimeout:
+                        on_poll()
             return future.result()
         except BrokenProcessPool:
             where = f"; see {log_path}" if log_path else ""

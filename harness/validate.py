@@ -1,12 +1,18 @@
-"""Second pass of plan validation: names and adapter params against the registries."""
+"""Second pass of plan validation: names and adapter params against the registries.
+
+``load_plan`` reads a plan file through both passes (``harness.config.parse_plan``, then
+``check_plan``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from harness.config import Plan, format_path, validation_messages
+from harness.config import Plan, format_path, parse_plan, validation_messages
+from harness.errors import PlanError
 
 
 def _params(cls: type[BaseModel], raw: dict[str, Any], loc: tuple, problems: list[str]) -> BaseModel | None:
@@ -42,6 +48,13 @@ def metric_names(plan: Plan) -> list[str]:
     return names
 
 
+def plan_metric_directions(plan: Plan) -> dict[str, str]:
+    """metric name -> "higher" | "lower", as the plan's suites and probes declare them."""
+    from harness.results import plan_directions
+
+    return plan_directions(plan.model_dump(mode="json"))
+
+
 def check_baseline_model(model: str) -> str | None:
     """A local baseline must look like what it claims to be (cheap header checks only)."""
     import json
@@ -50,6 +63,10 @@ def check_baseline_model(model: str) -> str | None:
 
     from harness.config import EMBEDDED_MODEL
 
+    if model.startswith("fake:"):  # the test model of the fake runtime (harness/runtimes/fake.py)
+        from harness.runtimes import REGISTRY as RUNTIMES
+
+        return RUNTIMES.get("fake").check_baseline(model)
     if model.startswith("embedded:"):
         return None if model == EMBEDDED_MODEL else f"unknown embedded model {model!r}; allowed: {EMBEDDED_MODEL}"
     path = Path(model).expanduser()
@@ -76,6 +93,17 @@ def check_baseline_model(model: str) -> str | None:
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             return f"{w}: not a readable safetensors file ({exc})"
     return None
+
+
+def load_plan(path: str | Path, check_names: bool = True) -> Plan:
+    """Read and validate a plan file (structure, then names unless ``check_names`` is false);
+    raise PlanError with one line per problem."""
+    plan = parse_plan(path)
+    if check_names:
+        problems = check_plan(plan)
+        if problems:
+            raise PlanError("\n".join(f"{Path(path)}: {p}" for p in problems))
+    return plan
 
 
 def check_plan(plan: Plan) -> list[str]:
@@ -140,6 +168,7 @@ def check_plan(plan: Plan) -> list[str]:
             _params(PROBES.get(name).Params, raw or {}, loc, problems)
 
     known_metrics = metric_names(plan)
+    directions = plan_metric_directions(plan)
     policy = plan.policy()
     gate_names: set[str] = set()
     for i, gate in enumerate(policy.gates):
@@ -152,6 +181,10 @@ def check_plan(plan: Plan) -> list[str]:
                 f"{format_path(loc + ('metric',))}: unknown metric {gate.metric!r}; "
                 f"metrics of this plan's suites and probes: {', '.join(known_metrics) or 'none'}"
             )
+        else:
+            why = gate.direction_problem(directions.get(gate.metric))
+            if why:
+                problems.append(f"{format_path(loc + ('kind',))}: {why}")
     return problems
 
 

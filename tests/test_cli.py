@@ -181,33 +181,30 @@ def test_compare_two_stored_runs(stored, tmp_path, capsys):
         "error: compare needs RUN_A and RUN_B, or --accepted and one run"]
 
 
-def test_verdict_table_reads_dicts_and_models():
+def test_verdict_table_of_a_decided_run():
     from harness import gates
     from harness.config import GatePolicy
+    from harness.results import parse_results
 
     data = _results()
     data["candidates"][1]["status"] = "error"
     data["candidates"][1]["error"] = {"stage": "produce", "message": "boom", "log": None}
-    try:
-        from harness.results import parse_results
-    except ImportError:  # results are dicts here
-        parse_results = None
-    decided = gates.decide(parse_results(data) if parse_results else data, GatePolicy.model_validate(POLICY))
+    decided = gates.decide(parse_results(data), GatePolicy.model_validate(POLICY))
     text = verdict_table(decided)
     lines = text.splitlines()
     assert lines[0].split() == ["candidate", "verdict", "reason"]
     assert lines[1].split()[:2] == ["f16", "baseline"]
     assert lines[2].split()[:2] == ["q8_0", "PASS"] and lines[2].endswith("all gates pass")
     assert lines[3].split()[:2] == ["q2_k", "ERROR"] and lines[3].endswith("produce: boom")
-    if parse_results is not None:  # the same table from the model's dict form
-        assert verdict_table(decided.dump()) == text
 
 
 def test_rich_verdict_table_on_a_terminal():
     from rich.console import Console
 
+    from harness.results import parse_results
+
     buf = io.StringIO()
-    cli.print_verdicts(_results(), console=Console(file=buf, force_terminal=True, width=100))
+    cli.print_verdicts(parse_results(_results()), console=Console(file=buf, force_terminal=True, width=100))
     out = buf.getvalue()
     assert "q8_0" in out and "q2_k" in out and "candidate" in out
 

@@ -74,11 +74,6 @@ FORBIDDEN = [("harness.calibration", "harness.suites.perplexity"), ("harness.sui
 
 #: (importer, imported, enclosing function or None at module level) -> why it is allowed today
 ALLOWED: dict[tuple[str, str, str | None], str] = {
-    # TRANSITIONAL (owner: harness/cli.py). load_plan moved to harness.validate; cli.py still
-    # does `from harness.config import load_plan`, which config's module __getattr__ forwards.
-    # When cli.py imports harness.validate.load_plan, delete config.__getattr__ and this entry.
-    ("harness.config", "harness.validate", "__getattr__"):
-        "config -> validate shim for harness/cli.py's old import",
     # owner harness/baseline.py: _derive_fake() imports the fake runtime's module by name
     # (services -> one adapter). Way out: look it up through the registry
     # (`REGISTRY.get("fake")` in harness.runtimes) and let the runtime class carry the

@@ -50,9 +50,9 @@ CASES = [
     ("unknown-nested-key", _set("candidates.1.quantizer.metod", "gguf"),
      ["candidates[1].quantizer: unknown key 'metod'", "allowed keys: method, params, calibration"]),
     ("unknown-method", _set("candidates.2.quantizer.method", "gptqq"),
-     ["candidates[2].quantizer.method: unknown quantizer method 'gptqq'", "allowed: autoawq, gguf, llm-compressor, prebuilt, unquantized"]),
+     ["candidates[2].quantizer.method: unknown quantizer method 'gptqq'", "allowed: autoawq, fake, gguf, llm-compressor, prebuilt, unquantized"]),
     ("unknown-runtime", _set("candidates.0.runtime.name", "llamacpp"),
-     ["candidates[0].runtime.name: unknown runtime 'llamacpp'", "allowed: llama-cpp, transformers"]),
+     ["candidates[0].runtime.name: unknown runtime 'llamacpp'", "allowed: fake, llama-cpp, transformers"]),
     ("iquant-without-calibration", _set("candidates.1.quantizer.params.type", "IQ4_XS"),
      ["candidates[1].quantizer.calibration: method 'gguf' needs calibration data"]),
     ("gptq-without-calibration", _set("candidates.0", {"name": "gptq", "runtime": {"name": "transformers"},
@@ -78,7 +78,7 @@ CASES = [
      ["gates[0].max:", "greater than 0", "got -1"]),
     ("duplicate-candidate", _dup, ["candidates[2].name: duplicate name 'q8_0' (also candidates[0].name)"]),
     ("unknown-gate-kind", _inline_gates([{"name": "g", "kind": "max_pct", "metric": "size.gib", "max": 1}]),
-     ["gates[0].kind: unknown gate kind 'max_pct'", "allowed: max_increase_pct, max_drop_pct, max_drop, min_ratio, max_value, min_value"]),
+     ["gates[0].kind: unknown gate kind 'max_pct'", "allowed: max_drop, max_drop_pct, max_increase_pct, max_value, min_ratio, min_value"]),
     ("unknown-metric", _inline_gates([{"name": "g", "kind": "max_value", "metric": "wikitext2.pplx", "max": 1}]),
      ["gates[0].metric: unknown metric 'wikitext2.pplx'", "wikitext2.ppl"]),
     ("missing-baseline", lambda d: d.pop("baseline"), ["baseline: required key is missing"]),
@@ -129,7 +129,7 @@ def test_cli_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines() == [
-        f"error: {plan}: candidates[2].quantizer.method: unknown quantizer method 'awq-magic'; allowed: autoawq, gguf, llm-compressor, prebuilt, unquantized"
+        f"error: {plan}: candidates[2].quantizer.method: unknown quantizer method 'awq-magic'; allowed: autoawq, fake, gguf, llm-compressor, prebuilt, unquantized"
     ]
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from harness import gates
 from harness.config import GatePolicy
+from harness.results import Metric, Record, Verdict
 from harness.store import Store, atomic_dir, content_key
 
 
@@ -36,7 +37,12 @@ def _policy(*gate_dicts, **kw):
 
 def _m(**values):
     """A result record with measured values only (no per-item records)."""
-    return {"metrics": {k.replace("__", "."): {"value": v} for k, v in values.items()}}
+    return Record(name="r", role="candidate",
+                  metrics={k.replace("__", "."): Metric(value=v) for k, v in values.items()})
+
+
+def _v(verdict: str) -> Verdict:
+    return Verdict(gate="g", kind="max_value", metric="m", verdict=verdict, reason="")
 
 
 def test_gate_kinds_decide_and_explain():
@@ -48,20 +54,20 @@ def test_gate_kinds_decide_and_explain():
     )
     base = _m(wt__ppl=30.0, mmlu__acc=0.60)
     good = gates.evaluate_policy(policy, _m(wt__ppl=31.0, mmlu__acc=0.595, size__gib=4, decode__tps=25), base)
-    assert [v["verdict"] for v in good] == ["PASS"] * 4
+    assert [v.verdict for v in good] == ["PASS"] * 4
     bad = gates.evaluate_policy(policy, _m(wt__ppl=33.0, mmlu__acc=0.55, size__gib=9, decode__tps=10), base)
-    assert [v["verdict"] for v in bad] == ["FAIL"] * 4
-    assert bad[0]["reason"] == "wt.ppl 33 vs baseline 30: +10.00% (max +5%)"
-    assert round(bad[1]["change_pct"], 2) == -8.33
-    missing = gates.evaluate_policy(policy, _m(wt__ppl=31.0), {})
-    assert [v["verdict"] for v in missing] == ["ERROR"] * 4
-    assert "baseline wt.ppl was not measured" in missing[0]["reason"]
+    assert [v.verdict for v in bad] == ["FAIL"] * 4
+    assert bad[0].reason == "wt.ppl 33 vs baseline 30: +10.00% (max +5%)"
+    assert round(bad[1].change_pct, 2) == -8.33
+    missing = gates.evaluate_policy(policy, _m(wt__ppl=31.0), None)
+    assert [v.verdict for v in missing] == ["ERROR"] * 4
+    assert "baseline wt.ppl was not measured" in missing[0].reason
 
 
 def test_overall_and_exit_codes():
-    assert gates.overall("ok", [{"verdict": "PASS"}, {"verdict": "FAIL"}]) == "FAIL"
-    assert gates.overall("ok", [{"verdict": "PASS"}, {"verdict": "INCONCLUSIVE"}]) == "INCONCLUSIVE"
-    assert gates.overall("error", [{"verdict": "PASS"}]) == "ERROR"
+    assert gates.overall("ok", [_v("PASS"), _v("FAIL")]) == "FAIL"
+    assert gates.overall("ok", [_v("PASS"), _v("INCONCLUSIVE")]) == "INCONCLUSIVE"
+    assert gates.overall("error", [_v("PASS")]) == "ERROR"
     assert gates.exit_code(["PASS", "PASS"]) == 0
     assert gates.exit_code(["PASS", "FAIL"]) == 1
     assert gates.exit_code(["FAIL", "ERROR"]) == 2

@@ -27,6 +27,7 @@ REGISTRY = Registry(
         "roofline": "harness.probes.roofline:RooflineProbe",
         "memory": "harness.probes.memory:MemoryProbe",
     },
+    base="harness.probes:Probe",
 )
 
 
@@ -74,6 +75,17 @@ class Probe:
         default parameters; probes whose names depend on parameters override this). A class
         method: validating a plan must not create probes (the memory probe starts a sampler)."""
         return list(cls.metrics)
+
+    @classmethod
+    def metric_directions(cls, params: BaseModel) -> dict[str, str | None]:
+        """metric -> "higher" | "lower" (which is better) for the metrics ``params`` give: the
+        direction is declared here once and carried to results, gates, reports and figures."""
+        return {n: cls.metrics.get(n) or cls.direction_of(n) for n in cls.metric_names(params)}
+
+    @classmethod
+    def direction_of(cls, metric: str) -> str | None:
+        """The direction of a metric whose name depends on the params (not in ``metrics``)."""
+        return None
 
     def measure(self, ctx: ProbeContext, params: BaseModel) -> dict[str, float]:
         raise NotImplementedError

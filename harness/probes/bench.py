@@ -93,6 +93,10 @@ class BenchProbe(Probe):
     order = 40
 
     @classmethod
+    def direction_of(cls, metric: str) -> str | None:
+        return "lower" if metric.endswith("_std") else "higher"
+
+    @classmethod
     def metric_names(cls, params: BenchParams) -> list[str]:
         return [n for kind, size, d in _tests(params) for n in (bench_name(kind, size, d), bench_name(kind, size, d) + "_std")]
 

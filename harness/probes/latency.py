@@ -58,6 +58,10 @@ class LatencyProbe(Probe):
     order = 45
 
     @classmethod
+    def direction_of(cls, metric: str) -> str | None:
+        return "lower"  # seconds
+
+    @classmethod
     def metric_names(cls, params: LatencyParams) -> list[str]:
         return _names(params.concurrency)
 

@@ -84,6 +84,10 @@ class ThroughputProbe(Probe):
     order = 40
 
     @classmethod
+    def direction_of(cls, metric: str) -> str | None:
+        return "lower" if metric.endswith("_std") else "higher"
+
+    @classmethod
     def metric_names(cls, params: ThroughputParams) -> list[str]:
         return [n for p in params.prompt_tokens for b in params.batch_sizes
                 for kind in ("prefill_tps", "decode_tps") for n in stat_names(shape_key(kind, p, b))]

@@ -23,7 +23,9 @@ REGISTRY = Registry(
         "unquantized": "harness.quantizers.unquantized:Unquantized",
         "llm-compressor": "harness.quantizers.llmcompressor:LLMCompressorQuantizer",
         "autoawq": "harness.quantizers.autoawq:AutoAWQQuantizer",
+        "fake": "harness.quantizers.fake:FakeQuantizer",
     },
+    base="harness.quantizers:Quantizer",
 )
 
 

@@ -20,7 +20,9 @@ REGISTRY = Registry(
         "llama-cpp": "harness.runtimes.llama_cpp:LlamaCppRuntime",
         "transformers": "harness.runtimes.transformers:TransformersRuntime",
         "vllm": "harness.runtimes.vllm:VllmRuntime",
+        "fake": "harness.runtimes.fake:FakeRuntime",
     },
+    base="harness.runtimes:Runtime",
 )
 
 

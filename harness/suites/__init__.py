@@ -38,6 +38,9 @@ class Suite:
     version: ClassVar[str] = "1"
     #: metric name -> "lower" or "higher" (which direction is better)
     metrics: ClassVar[dict[str, str]] = {}
+    #: fewest items ``score`` is called with while the runner reports progress: a suite with a
+    #: fixed cost per call (lm-eval builds its requests over the whole task) takes big chunks
+    min_chunk_items: ClassVar[int] = 1
 
     def unavailable(self) -> str | None:
         """Why this suite cannot run here (a missing library), or None."""
