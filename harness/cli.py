@@ -100,28 +100,22 @@ def _print_approved(results: RunResults) -> None:
     print("approved: " + (", ".join(results.approved) or "(none)"))
 
 
-def _load_plan(path: str) -> Any:
+def _load_plan(ref: str) -> Any:
+    """A plan file, or the name of one in ./configs/ or shipped with quantgate (``smoke``)."""
+    from harness.resources import find_plan
     from harness.validate import load_plan
 
-    return load_plan(path)
+    return load_plan(find_plan(ref) or ref)
 
 
 def _policy_file(ref: str) -> Path:
     """``--policy``: a file, or a name under gates/ (or shipped with quantgate)."""
     from harness.errors import PlanError
+    from harness.resources import find_policy
 
-    try:
-        from harness.resources import find_policy
-    except ImportError:  # pragma: no cover - older layout: a path or gates/NAME.yaml
-        find_policy = None
-    if find_policy is not None:
-        found = find_policy(ref)
-    else:
-        found = Path(ref)
-        if not found.is_file() and (Path("gates") / f"{ref}.yaml").is_file():
-            found = Path("gates") / f"{ref}.yaml"
+    found = find_policy(ref)
     if found is None or not Path(found).is_file():
-        raise PlanError(f"{ref}: gate policy file not found")
+        raise PlanError(f"{ref}: gate policy file not found (looked for the file, in gates/ and among the shipped policies)")
     return Path(found)
 
 

@@ -289,7 +289,7 @@ def parse_plan(path: str | Path) -> Plan:
     if isinstance(plan.gates, str):
         policy_file = _policy_path(plan.gates, path)
         if not policy_file.is_file():
-            raise PlanError(f"{path}: gates: policy file {plan.gates!r} not found (looked next to the plan and in gates/)")
+            raise PlanError(f"{path}: gates: policy file {plan.gates!r} not found (looked next to the plan, in gates/ and among the shipped policies)")
         plan._policy = load_policy(policy_file)
     else:
         plan._policy = parse_policy(plan.gates, path, ("gates",))
