@@ -162,7 +162,7 @@ def test_gate_errors_exit_2(stored, tmp_path, capsys):
     lines = _error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nowhere" in lines[0]
     assert main(["gate", str(stored), "--policy", "no-such-policy"]) == 2
-    assert _error_lines(capsys.readouterr().err) == ["error: no-such-policy: gate policy file not found"]
+    assert _error_lines(capsys.readouterr().err) == ["error: no-such-policy: gate policy file not found (looked for the file, in gates/ and among the shipped policies)"]
 
 
 def test_compare_two_stored_runs(stored, tmp_path, capsys):
