@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.results import ResultsError, RunResults, parse_results
 from harness.tracking import mlflow_module
 
 _PLAN_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -147,11 +148,19 @@ def trend(uri: str | None, experiment: str, plan_name: str, limit: int = 30) -> 
     return out
 
 
-def results_json(uri: str | None, run_id: str) -> dict[str, Any] | None:
-    """The results.json a parent run logged (None when it has none)."""
+def results_json(uri: str | None, run_id: str) -> RunResults | None:
+    """The results.json a parent run logged, read as typed results (either schema: a /1 file
+    is upgraded), or None when the run has none. ``harness.results.ResultsError`` when the
+    file is not one quantgate can read."""
     client = _client(uri)
     if "results.json" not in {f.path for f in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "results.json", tmp)
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+    where = f"results.json of MLflow run {run_id}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{where}: not valid JSON: {exc}") from None
+    return parse_results(data, where)

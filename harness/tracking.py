@@ -21,6 +21,8 @@ What one execution logs:
   (``items/<suite>.json``, ``MlflowClient.log_table`` format) and, for a record that
   failed, its stage log under ``logs/``.
 
+Everything logged is read from the typed results (``harness.results.RunResults``).
+
 A tracking server that cannot be reached at all raises :class:`TrackingUnreachable`
 (the CLI turns it into exit code 2). Any other failure (one param batch, one table, one
 figure, one file) is recorded in the returned dict's ``errors`` and the rest is logged.
@@ -37,6 +39,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from harness.errors import MissingDependency
+from harness.results import Record, RunResults
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 MAX_TAG_VALUE = 8000  # ... on a tag value
@@ -94,14 +97,14 @@ def _flat_params(prefix: str, obj: Any, out: dict[str, str]) -> None:
         out[_key(prefix)] = _clip(obj, MAX_PARAM_VALUE)
 
 
-def candidate_params(rec: dict) -> dict[str, str]:
+def candidate_params(rec: Record) -> dict[str, str]:
     """The params of one record's child run: short names for comparing runs, then the full spec."""
-    q = rec.get("quantizer") or {}
+    q = rec.quantizer or {}
     qp = q.get("params") or {}
-    art = rec.get("artifact") or {}
-    man = art.get("manifest") or {}
+    art = rec.artifact
+    man = art.manifest if art is not None else {}
     key_inputs = man.get("key_inputs") or {}
-    params: dict[str, str] = {"role": rec["role"]}
+    params: dict[str, str] = {"role": rec.role}
 
     def put(name: str, value: Any) -> None:
         if value is not None and value != "":
@@ -125,20 +128,20 @@ def candidate_params(rec: dict) -> dict[str, str]:
         put("calibration", "none")
     if q.get("model"):
         put("model", q["model"])
-    rt = rec.get("runtime") or {}
-    if rt:
-        put("runtime", rt.get("name"))
-        _flat_params("runtime", rt.get("params") or {}, params)
-        _flat_params("versions.runtime", rt.get("versions") or {}, params)
+    rt = rec.runtime
+    if rt is not None:
+        put("runtime", rt.name)
+        _flat_params("runtime", rt.params, params)
+        _flat_params("versions.runtime", rt.versions, params)
     _flat_params("versions.quantizer", key_inputs.get("versions") or {}, params)
     if man.get("versions") and not key_inputs:  # a derived baseline records its converters' versions
         _flat_params("versions.baseline", man["versions"], params)
-    if art:
-        put("artifact.key", art.get("key"))
-        put("artifact.format", art.get("format"))
+    if art is not None:
+        put("artifact.key", art.key)
+        put("artifact.format", art.format)
         put("artifact.source_key", man.get("source_key"))
         put("artifact.size_bytes", man.get("size_bytes"))
-        put("artifact.reused", art.get("reused"))
+        put("artifact.reused", art.reused)
         if isinstance(man.get("bits_per_weight"), (int, float)):
             put("artifact.bits_per_weight", f"{man['bits_per_weight']:.3f}")
     for k, v in q.items():  # the declared spec, as written
@@ -282,40 +285,39 @@ def _log_batch(client, log: _Log, run_id: str, what: str, metrics=(), params=Non
         log(f"{what} metrics", client.log_batch, run_id, metrics=chunk)
 
 
-def _record_metrics(rec: dict, now: int) -> list:
+def _record_metrics(rec: Record, now: int) -> list:
     from mlflow.entities import Metric
 
     out: dict[str, Any] = {}
-    for name, m in rec["metrics"].items():
-        value = _num(m.get("value")) if isinstance(m, dict) else _num(m)
+    for name, m in rec.metrics.items():
+        value = _num(m.value)
         if value is None:
             continue
         out[_metric_key(name)] = Metric(_metric_key(name), value, now, 0)
-        stderr = _num(m.get("stderr")) if isinstance(m, dict) else None
+        stderr = _num(m.stderr)
         if stderr is not None:
             k = _metric_key(name + ".stderr")
             out[k] = Metric(k, stderr, now, 0)
-    for sid, entry in (rec.get("suites") or {}).items():
-        secs = _num(entry.get("seconds"))
+    for sid, entry in rec.suites.items():
+        secs = _num(entry.seconds)
         k = _metric_key(f"{sid}.score_seconds")
         if secs is not None and k not in out:
             out[k] = Metric(k, secs, now, 0)
-    if _num(rec.get("seconds")) is not None and "wall_seconds" not in out:
-        out["wall_seconds"] = Metric("wall_seconds", float(rec["seconds"]), now, 0)
+    if _num(rec.seconds) is not None and "wall_seconds" not in out:
+        out["wall_seconds"] = Metric("wall_seconds", float(rec.seconds), now, 0)
     return list(out.values())
 
 
-def _record_tags(rec: dict) -> dict[str, str]:
-    tags = {"verdict": rec.get("verdict") or "", "status": rec["status"],
-            "quantgate.candidate": rec["name"]}
-    for v in rec.get("verdicts") or []:
-        tags[_key(f"gate.{v['gate']}")] = str(v["verdict"])
-    if rec.get("error"):
-        tags["error"] = _clip(f"{rec['error']['stage']}: {rec['error']['message']}", 4000)
+def _record_tags(rec: Record) -> dict[str, str]:
+    tags = {"verdict": rec.verdict or "", "status": rec.status, "quantgate.candidate": rec.name}
+    for v in rec.verdicts:
+        tags[_key(f"gate.{v.gate}")] = str(v.verdict)
+    if rec.error is not None:
+        tags["error"] = _clip(f"{rec.error.stage}: {rec.error.message}", 4000)
     return tags
 
 
-def _log_figures(client, log: _Log, results: dict, run_id: str) -> list[str]:
+def _log_figures(client, log: _Log, results: RunResults, run_id: str) -> list[str]:
     """Figures from harness.report.figures (when installed) as PNGs of the parent run."""
     try:
         from harness.report import figures
@@ -346,8 +348,8 @@ def _log_figures(client, log: _Log, results: dict, run_id: str) -> list[str]:
     return logged
 
 
-def log_run(results: dict, spec, run_dir: Path) -> dict:
-    """Log ``results`` to MLflow; returns what results.json records about it."""
+def log_run(results: RunResults, spec, run_dir: Path) -> dict:
+    """Log ``results`` to MLflow; returns what results.json records about it (``tracking``)."""
     mlflow_module()
     from mlflow.tracking import MlflowClient
 
@@ -364,10 +366,10 @@ def log_run(results: dict, spec, run_dir: Path) -> dict:
                                               tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             exp_id = exp.experiment_id
-        plan = results["plan"]
-        accepted = results["exit_code"] == 0
-        parent = client.create_run(exp_id, run_name=results["run_id"], tags={
-            "quantgate.run_id": results["run_id"], "quantgate.plan": plan["name"],
+        plan = results.plan
+        accepted = results.exit_code == 0
+        parent = client.create_run(exp_id, run_name=results.run_id, tags={
+            "quantgate.run_id": results.run_id, "quantgate.plan": plan["name"],
             "quantgate.role": "comparison", "quantgate.accepted": "true" if accepted else "false"})
     except Exception as exc:
         if _unreachable(exc):
@@ -375,27 +377,27 @@ def log_run(results: dict, spec, run_dir: Path) -> dict:
         raise
     pid = parent.info.run_id
     now = int(time.time() * 1000)
-    records = [results["baseline"], *results["candidates"]]
-    policy = results.get("policy") or {}
-    parent_tags = {"exit_code": str(results["exit_code"]), "approved": ",".join(results["approved"]) or "(none)"}
+    records = results.records()
+    policy = results.policy
+    parent_tags = {"exit_code": str(results.exit_code), "approved": ",".join(results.approved) or "(none)"}
     summary = run_dir / "summary.md"
     if summary.is_file():
         parent_tags["mlflow.note.content"] = _clip(summary.read_text(errors="replace"), MAX_TAG_VALUE)
     parent_params = {
         "plan": plan["name"], "policy": policy.get("name", "inline"),
-        "candidates": ",".join(c["name"] for c in results["candidates"]),
-        "baseline": results["baseline"]["name"],
+        "candidates": ",".join(c.name for c in results.candidates),
+        "baseline": results.baseline.name,
         "suites": ",".join(s.get("name") or s.get("suite") for s in plan.get("suites") or []),
         "gates": ",".join(g.get("name", "?") for g in policy.get("gates") or []),
-        "quantgate_version": results.get("quantgate_version"),
-        "plan_file": results.get("plan_file"),
+        "quantgate_version": results.quantgate_version,
+        "plan_file": results.plan_file,
     }
     from mlflow.entities import Metric
 
-    parent_metrics = [Metric("candidates", float(len(results["candidates"])), now, 0),
-                      Metric("approved", float(len(results["approved"])), now, 0)]
-    if _num(results.get("wall_seconds")) is not None:
-        parent_metrics.append(Metric("wall_seconds", float(results["wall_seconds"]), now, 0))
+    parent_metrics = [Metric("candidates", float(len(results.candidates)), now, 0),
+                      Metric("approved", float(len(results.approved)), now, 0)]
+    if _num(results.wall_seconds) is not None:
+        parent_metrics.append(Metric("wall_seconds", float(results.wall_seconds), now, 0))
     _log_batch(client, log, pid, "parent", metrics=parent_metrics,
                params={_key(k): _clip(v, MAX_PARAM_VALUE) for k, v in parent_params.items() if v},
                tags=parent_tags)
@@ -403,32 +405,31 @@ def log_run(results: dict, spec, run_dir: Path) -> dict:
     child_ids: dict[str, str] = {}
     tables: dict[str, list[str]] = {}
     for rec in records:
-        child = log(f"child run {rec['name']}", client.create_run, exp_id, run_name=rec["name"], tags={
-            "mlflow.parentRunId": pid, "quantgate.role": rec["role"], "quantgate.run_id": results["run_id"],
+        child = log(f"child run {rec.name}", client.create_run, exp_id, run_name=rec.name, tags={
+            "mlflow.parentRunId": pid, "quantgate.role": rec.role, "quantgate.run_id": results.run_id,
             "quantgate.plan": plan["name"]})
         if child is None:
             continue
         cid = child.info.run_id
-        child_ids[rec["name"]] = cid
-        _log_batch(client, log, cid, rec["name"], metrics=_record_metrics(rec, now),
+        child_ids[rec.name] = cid
+        _log_batch(client, log, cid, rec.name, metrics=_record_metrics(rec, now),
                    params=candidate_params(rec), tags=_record_tags(rec))
-        for sid, entry in (rec.get("suites") or {}).items():
-            if not entry.get("records"):
+        for sid, entry in rec.suites.items():
+            if not entry.records:
                 continue
             path = f"items/{_key(sid).replace(' ', '_')}.json"
-            table = log(f"{rec['name']} table {path} (build)", item_table, rec["name"], entry["records"])
-            if table is not None and log.step(f"{rec['name']} table {path}", client.log_table, cid,
+            table = log(f"{rec.name} table {path} (build)", item_table, rec.name, entry.records)
+            if table is not None and log.step(f"{rec.name} table {path}", client.log_table, cid,
                                               data=table, artifact_file=path)[0]:
-                tables.setdefault(rec["name"], []).append(path)
-        if rec.get("probes") or rec.get("planner"):
+                tables.setdefault(rec.name, []).append(path)
+        if rec.probes or rec.planner:
             # the probes' raw repetitions, machine notes and the planner's prediction beside them
-            log(f"{rec['name']} probes.json", client.log_dict, cid,
-                {"figures": rec.get("probes"), "notes": rec.get("probe_notes"), "planner": rec.get("planner")},
-                "probes.json")
-        err_log = (rec.get("error") or {}).get("log")
+            log(f"{rec.name} probes.json", client.log_dict, cid,
+                {"figures": rec.probes, "notes": rec.probe_notes, "planner": rec.planner}, "probes.json")
+        err_log = rec.error.log if rec.error is not None else None
         if err_log and Path(err_log).is_file():
-            log(f"{rec['name']} log {err_log}", client.log_artifact, cid, err_log, "logs")
-        log(f"{rec['name']} status", client.set_terminated, cid, "FINISHED" if rec["status"] == "ok" else "FAILED")
+            log(f"{rec.name} log {err_log}", client.log_artifact, cid, err_log, "logs")
+        log(f"{rec.name} status", client.set_terminated, cid, "FINISHED" if rec.status == "ok" else "FAILED")
 
     artifacts = []
     for name in REPORT_FILES:

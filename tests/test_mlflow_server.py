@@ -6,7 +6,8 @@ exit 1, not accepted), then twice a copy without Q2_K under a lenient inline pol
 children, metrics with standard errors, params, gate tags, the per-item tables, figures and
 report files; ``harness.history`` finds the last accepted run and each metric's trend; the
 MLflow UI (headless Chromium) shows each candidate with its verdict. The server is killed
-with its whole process group at the end, and no MLflow process may survive it.
+with its whole process group at the end, and no MLflow process may survive it. Each run's
+results are read back as the typed models (``harness.results.load_results``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.results import SCHEMA, Record, RunResults, load_results
 from tests.conftest import ROOT, run_cli
 from tests.mlflow_server import (
     _processes,
@@ -63,8 +65,8 @@ def runs(qg_home, mlflow_server, tmp_path_factory):  # noqa: F811
         proc = run_cli("run", str(plan_file), "--reports-dir", str(reports))
         seconds = round(time.monotonic() - t0, 1)
         (run_dir,) = [p for p in reports.iterdir() if p.is_dir()]
-        results = json.loads((run_dir / "results.json").read_text())
-        print(f"{label}: exit {proc.returncode} in {seconds} s; tracking {results.get('tracking')}")
+        results, _ = load_results(run_dir)
+        print(f"{label}: exit {proc.returncode} in {seconds} s; tracking {results.tracking}")
         out.append({"label": label, "proc": proc, "seconds": seconds, "run_dir": run_dir, "results": results})
     return out
 
@@ -75,8 +77,8 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _records(results: dict) -> list[dict]:
-    return [results["baseline"], *results["candidates"]]
+def _records(results: RunResults) -> list[Record]:
+    return results.records()
 
 
 def test_item_table_and_param_shapes():
@@ -103,8 +105,8 @@ def test_item_table_and_param_shapes():
     assert t["acc"] == [1.0, None] and t["pass_at_1"] == [None, 0.0]
     assert json.loads(t["filtered"][1]) == {"strict-match": "3"}
     assert len({len(col) for col in t.values()}) == 1
-    rec = {"role": "candidate", "quantizer": {"method": "prebuilt", "params": {"path": "/m" * 5000, "format": "gguf"}},
-           "runtime": None, "artifact": None}
+    rec = Record(name="pre", role="candidate",
+                 quantizer={"method": "prebuilt", "params": {"path": "/m" * 5000, "format": "gguf"}})
     params = candidate_params(rec)
     assert params["scheme"] == "gguf" and len(params["quantizer.params.path"]) <= MAX_PARAM_VALUE
     assert _metric_key("humaneval.pass@1") == "humaneval.pass_1" and not _metric_key("..x").startswith(".")
@@ -120,31 +122,32 @@ def test_cli_logs_to_the_server(runs, mlflow_server):  # noqa: F811
     codes = [r["proc"].returncode for r in runs]
     assert codes == [1, 0, 0], [r["proc"].stdout[-3000:] + r["proc"].stderr[-3000:] for r in runs]
     for r in runs:
-        tr = r["results"]["tracking"]
+        assert json.loads((r["run_dir"] / "results.json").read_text())["schema"] == SCHEMA
+        tr = r["results"].tracking
         assert "error" not in tr, tr
         assert tr["uri"] == mlflow_server.uri
         assert tr["errors"] == [], tr["errors"]
         assert f"MLflow: {mlflow_server.uri}" in r["proc"].stdout
         assert tr["ui_url"] == f"{mlflow_server.uri}/#/experiments/{tr['experiment_id']}/runs/{tr['parent_run_id']}"
-        assert set(tr["child_run_ids"]) == {rec["name"] for rec in _records(r["results"])}
-        assert tr["accepted"] is (r["results"]["exit_code"] == 0)
+        assert set(tr["child_run_ids"]) == {rec.name for rec in _records(r["results"])}
+        assert tr["accepted"] is (r["results"].exit_code == 0)
 
 
 def test_parent_and_children(runs, mlflow_server):  # noqa: F811
     res = runs[0]["results"]
-    tr = res["tracking"]
+    tr = res.tracking
     client = _client(mlflow_server.uri)
     parent = client.get_run(tr["parent_run_id"])
-    assert parent.info.run_name == res["run_id"]
+    assert parent.info.run_name == res.run_id
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["quantgate.plan"] == "smoke"
     assert parent.data.tags["quantgate.accepted"] == "false"
     assert parent.data.tags["exit_code"] == "1"
-    assert parent.data.tags["approved"] == (",".join(res["approved"]) or "(none)")
+    assert parent.data.tags["approved"] == (",".join(res.approved) or "(none)")
     assert parent.data.params["candidates"] == "q8_0,q4_k_m,q2_k"
     children = client.search_runs([tr["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {c.info.run_name for c in children} == {"f16", "q8_0", "q4_k_m", "q2_k"}
-    accepted = client.get_run(runs[1]["results"]["tracking"]["parent_run_id"])
+    accepted = client.get_run(runs[1]["results"].tracking["parent_run_id"])
     assert accepted.data.tags["quantgate.accepted"] == "true"
 
 
@@ -152,28 +155,28 @@ def test_child_metrics_params_tags(runs, mlflow_server):  # noqa: F811
     from harness.tracking import _metric_key
 
     res = runs[0]["results"]
-    tr = res["tracking"]
+    tr = res.tracking
     client = _client(mlflow_server.uri)
     for rec in _records(res):
-        run = client.get_run(tr["child_run_ids"][rec["name"]])
+        run = client.get_run(tr["child_run_ids"][rec.name])
         m, p, t = run.data.metrics, run.data.params, run.data.tags
-        ppl = rec["metrics"]["wikitext2.ppl"]
-        assert m["wikitext2.ppl"] == pytest.approx(ppl["value"])
-        assert m["wikitext2.ppl.stderr"] == pytest.approx(ppl["stderr"])
-        for name, v in rec["metrics"].items():  # every metric, probes included
-            if v.get("value") is not None:
-                assert m[_metric_key(name)] == pytest.approx(v["value"]), name
-        assert t["verdict"] == rec["verdict"] and t["status"] == rec["status"]
-        assert t["quantgate.role"] == rec["role"]
-        for v in rec["verdicts"]:
-            assert t[f"gate.{v['gate']}"] == v["verdict"]
+        ppl = rec.metrics["wikitext2.ppl"]
+        assert m["wikitext2.ppl"] == pytest.approx(ppl.value)
+        assert m["wikitext2.ppl.stderr"] == pytest.approx(ppl.stderr)
+        for name, v in rec.metrics.items():  # every metric, probes included
+            if v.value is not None:
+                assert m[_metric_key(name)] == pytest.approx(v.value), name
+        assert t["verdict"] == rec.verdict and t["status"] == rec.status
+        assert t["quantgate.role"] == rec.role
+        for v in rec.verdicts:
+            assert t[f"gate.{v.gate}"] == v.verdict
         assert p["runtime"] == "llama-cpp" and p["runtime.n_threads"] == "2"
-        assert p["versions.runtime.llama-cpp-python"] == rec["runtime"]["versions"]["llama-cpp-python"]
-        assert p["artifact.key"] == rec["artifact"]["key"]
-        if rec["role"] == "candidate":
-            manifest = rec["artifact"]["manifest"]
+        assert p["versions.runtime.llama-cpp-python"] == rec.runtime.versions["llama-cpp-python"]
+        assert p["artifact.key"] == rec.artifact.key
+        if rec.role == "candidate":
+            manifest = rec.artifact.manifest
             assert p["method"] == "gguf"
-            assert p["scheme"] == rec["quantizer"]["params"]["type"] == p["quantizer.params.type"]
+            assert p["scheme"] == rec.quantizer["params"]["type"] == p["quantizer.params.type"]
             assert p["bits"] == f"{manifest['bits_per_weight']:.3f}"
             assert p["calibration"] == "none"
             for pkg, version in manifest["key_inputs"]["versions"].items():
@@ -187,9 +190,9 @@ def test_child_metrics_params_tags(runs, mlflow_server):  # noqa: F811
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(tr["child_run_ids"]["q8_0"], "probes.json", tmp)
         logged = json.loads(Path(path).read_text())
-    q8 = next(r for r in _records(res) if r["name"] == "q8_0")
-    assert logged["planner"]["probe_error_pct"] == pytest.approx(q8["planner"]["probe_error_pct"])
-    assert logged["figures"]["memory"]["peak_rss_gib"] == pytest.approx(q8["probes"]["memory"]["peak_rss_gib"])
+    q8 = res.record("q8_0")
+    assert logged["planner"]["probe_error_pct"] == pytest.approx(q8.planner["probe_error_pct"])
+    assert logged["figures"]["memory"]["peak_rss_gib"] == pytest.approx(q8.probes["memory"]["peak_rss_gib"])
     assert logged["notes"]["machine"]["cpu"]
 
 
@@ -197,22 +200,22 @@ def test_item_tables(runs, mlflow_server, monkeypatch):  # noqa: F811
     from mlflow.artifacts import download_artifacts
 
     res = runs[0]["results"]
-    tr = res["tracking"]
+    tr = res.tracking
     by_run = {}
     for rec in _records(res):
-        cid = tr["child_run_ids"][rec["name"]]
-        assert tr["tables"][rec["name"]] == ["items/wikitext2.json"]
+        cid = tr["child_run_ids"][rec.name]
+        assert tr["tables"][rec.name] == ["items/wikitext2.json"]
         path = download_artifacts(run_id=cid, artifact_path="items/wikitext2.json", tracking_uri=mlflow_server.uri,
-                                  dst_path=str(runs[0]["run_dir"] / "dl" / rec["name"]))
+                                  dst_path=str(runs[0]["run_dir"] / "dl" / rec.name))
         table = json.loads(Path(path).read_text())  # pandas "split" orientation
         rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
-        records = rec["suites"]["wikitext2"]["records"]
+        records = rec.suites["wikitext2"].records
         assert [r["id"] for r in rows] == [r["id"] for r in records]
         assert [r["prompt_hash"] for r in rows] == [r["prompt_hash"] for r in records]
         for row, r in zip(rows, records, strict=True):
             assert row["logprob_sum"] == pytest.approx(r["logprob_sum"])
             assert row["n_scored"] == r["n_scored"] and row["n_bytes"] == r["n_bytes"]
-            assert row["candidate"] == rec["name"]
+            assert row["candidate"] == rec.name
         by_run[cid] = [r["id"] for r in records]
     # MlflowClient.load_table resolves runs through the fluent API, i.e. the global tracking URI
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
@@ -224,7 +227,7 @@ def test_item_tables(runs, mlflow_server, monkeypatch):  # noqa: F811
 
 def test_report_files_and_figures(runs, mlflow_server):  # noqa: F811
     res, run_dir = runs[0]["results"], runs[0]["run_dir"]
-    tr = res["tracking"]
+    tr = res.tracking
     client = _client(mlflow_server.uri)
     logged = {f.path for f in client.list_artifacts(tr["parent_run_id"])}
     assert {"summary.md", "results.json"} <= logged
@@ -234,7 +237,7 @@ def test_report_files_and_figures(runs, mlflow_server):  # noqa: F811
     assert {"summary.md", "results.json"} <= set(tr["artifacts"])
     dst = run_dir / "dl-parent"
     got = json.loads(Path(client.download_artifacts(tr["parent_run_id"], "results.json", str(dst))).read_text())
-    assert got["run_id"] == res["run_id"]
+    assert got["run_id"] == res.run_id and got["schema"] == SCHEMA
     assert client.get_run(tr["parent_run_id"]).data.tags["mlflow.note.content"].startswith("# quantgate: smoke")
     if importlib.util.find_spec("harness.report.figures") is None:
         assert tr["figures"] == []
@@ -250,24 +253,28 @@ def test_history(runs, mlflow_server):  # noqa: F811
 
     shipped, acc1, acc2 = (r["results"] for r in runs)
     last = history.last_accepted(mlflow_server.uri, EXPERIMENT, "smoke")
-    assert last["run_id"] == acc2["tracking"]["parent_run_id"]
-    assert last["quantgate_run_id"] == acc2["run_id"] and last["exit_code"] == 0
+    assert last["run_id"] == acc2.tracking["parent_run_id"]
+    assert last["quantgate_run_id"] == acc2.run_id and last["exit_code"] == 0
     assert set(last["metrics"]) == {"f16", "q8_0", "q4_k_m"}
     for rec in _records(acc2):
-        assert last["metrics"][rec["name"]]["wikitext2.ppl"] == pytest.approx(rec["metrics"]["wikitext2.ppl"]["value"])
-        assert last["verdicts"][rec["name"]] == rec["verdict"]
-    assert history.results_json(mlflow_server.uri, last["run_id"])["run_id"] == acc2["run_id"]
+        assert last["metrics"][rec.name]["wikitext2.ppl"] == pytest.approx(rec.value("wikitext2.ppl"))
+        assert last["verdicts"][rec.name] == rec.verdict
+    logged = history.results_json(mlflow_server.uri, last["run_id"])
+    assert isinstance(logged, RunResults) and logged.run_id == acc2.run_id
+    # the artifact is the results.json written before logging: the same run, less its tracking
+    assert logged.dump() == acc2.model_copy(update={"tracking": None}).dump()
+    assert history.results_json(mlflow_server.uri, last["child_run_ids"]["q8_0"]) is None
 
     tr = history.trend(mlflow_server.uri, EXPERIMENT, "smoke", limit=30)
     runs_order = [shipped, acc1, acc2]
-    assert [r["run_id"] for r in tr["runs"]] == [r["tracking"]["parent_run_id"] for r in runs_order]
+    assert [r["run_id"] for r in tr["runs"]] == [r.tracking["parent_run_id"] for r in runs_order]
     assert [r["accepted"] for r in tr["runs"]] == [False, True, True]
     assert [r["start_time"] for r in tr["runs"]] == sorted(r["start_time"] for r in tr["runs"])
     q8 = tr["series"]["q8_0"]["wikitext2.ppl"]
-    assert [p["run_id"] for p in q8] == [r["tracking"]["parent_run_id"] for r in runs_order]
+    assert [p["run_id"] for p in q8] == [r.tracking["parent_run_id"] for r in runs_order]
     for point, res in zip(q8, runs_order, strict=True):
-        m = next(c for c in res["candidates"] if c["name"] == "q8_0")["metrics"]["wikitext2.ppl"]
-        assert point["value"] == pytest.approx(m["value"]) and point["stderr"] == pytest.approx(m["stderr"])
+        m = res.record("q8_0").metrics["wikitext2.ppl"]
+        assert point["value"] == pytest.approx(m.value) and point["stderr"] == pytest.approx(m.stderr)
     assert len(tr["series"]["q2_k"]["wikitext2.ppl"]) == 1  # only the shipped plan had it
     assert "wikitext2.ppl.stderr" not in tr["series"]["q8_0"]
     assert len(history.trend(mlflow_server.uri, EXPERIMENT, "smoke", limit=2)["runs"]) == 2
@@ -286,7 +293,8 @@ def test_trend_and_compare_accepted_commands(runs, mlflow_server):  # noqa: F811
     assert header.count("*") == 2  # the two accepted runs are marked
     c = run_cli("compare", "--accepted", str(shipped["run_dir"]), "--uri", uri, "--experiment", EXPERIMENT)
     assert c.returncode == 0, c.stderr
-    assert f"`{acc2['results']['run_id']}` (A)" in c.stdout and "| q8_0 | wikitext2.ppl |" in c.stdout
+    assert f"`{acc2['results'].run_id}` (A)" in c.stdout
+    assert re.search(r"^\| q8_0 \| wikitext2\.ppl( [↑↓])? \|", c.stdout, flags=re.M), c.stdout  # arrow: its direction
     none = run_cli("compare", "--accepted", str(shipped["run_dir"]), "--uri", uri, "--experiment", "nothing-here")
     assert none.returncode == 2 and none.stderr.startswith("error: no run of plan 'smoke'")
 
@@ -310,7 +318,7 @@ def test_figure_failure_is_recorded_not_raised(runs, mlflow_server, monkeypatch)
     whats = [e["what"] for e in out["errors"]]
     assert "figure pareto" in whats and "figure figures/wikitext2.png" in whats, out["errors"]
     assert "planted figure failure" in out["errors"][whats.index("figure pareto")]["error"]
-    assert set(out["child_run_ids"]) == {r["name"] for r in _records(res)}
+    assert set(out["child_run_ids"]) == {r.name for r in _records(res)}
     assert {"summary.md", "results.json"} <= set(out["artifacts"])
     parent = _client(mlflow_server.uri).get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["quantgate.logging_errors"] == str(len(whats))
@@ -336,9 +344,9 @@ def test_cli_exit_2_when_the_server_is_unreachable(runs, tmp_path):
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"MLflow logging failed: TrackingUnreachable: cannot reach the MLflow tracking server at {uri}" in proc.stderr
     (run_dir,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["exit_code"] == 2 and "cannot reach" in results["tracking"]["error"]
-    assert [c["verdict"] for c in results["candidates"]] == ["PASS", "PASS"]  # measured and kept
+    results, _ = load_results(run_dir)
+    assert results.exit_code == 2 and "cannot reach" in results.tracking["error"]
+    assert [c.verdict for c in results.candidates] == ["PASS", "PASS"]  # measured and kept
 
 
 def _playwright():
@@ -354,9 +362,9 @@ def _playwright():
 def test_ui_shows_candidates_and_verdicts(runs, mlflow_server, tmp_path_factory):  # noqa: F811
     sync_playwright = _playwright()
     res = runs[0]["results"]
-    tr = res["tracking"]
+    tr = res.tracking
     # the experiment's runs table, filtered to this execution (parent + children)
-    url = tr["experiment_url"] + "&searchFilter=" + urllib.parse.quote(f"tags.`quantgate.run_id` = '{res['run_id']}'")
+    url = tr["experiment_url"] + "&searchFilter=" + urllib.parse.quote(f"tags.`quantgate.run_id` = '{res.run_id}'")
     shot = tmp_path_factory.mktemp("ui") / "mlflow-runs.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -398,9 +406,9 @@ def test_ui_shows_candidates_and_verdicts(runs, mlflow_server, tmp_path_factory)
         print(line)
     cells = [[c.strip() for c in line.split("|")] for line in rows.values()]
     for rec in _records(res):
-        row = [c for c in cells if rec["name"] in c]
-        assert len(row) == 1, (rec["name"], rows)
-        assert rec["verdict"] in row[0], (rec["name"], rec["verdict"], row[0])
+        row = [c for c in cells if rec.name in c]
+        assert len(row) == 1, (rec.name, rows)
+        assert rec.verdict in row[0], (rec.name, rec.verdict, row[0])
     keep = os.environ.get("QUANTGATE_UI_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)

@@ -338,14 +338,15 @@ def test_unknown_mode_is_refused():
 def test_reports_say_unsandboxed():
     from harness.report import summary_markdown, unsandboxed_suites
     from harness.report.html import render_html
+    from harness.results import SuiteResult
     from tests.test_report_html import make_results
 
     results = make_results()
     assert unsandboxed_suites(results) == []
     assert "UNSANDBOXED" not in summary_markdown(results) and "UNSANDBOXED" not in render_html(results)
-    results["candidates"][0]["suites"]["humaneval"] = {
-        "meta": {"sandbox": "guard-only (UNSANDBOXED)"}, "metrics": {},
-        "records": [{"id": "HumanEval/0", "sandbox": "guard-only (UNSANDBOXED)", "scores": {"pass_at_1": 0.0}}]}
+    results.candidates[0].suites["humaneval"] = SuiteResult(
+        meta={"sandbox": "guard-only (UNSANDBOXED)"}, metrics={}, result_key="humaneval-q8_0",
+        records=[{"id": "HumanEval/0", "sandbox": "guard-only (UNSANDBOXED)", "scores": {"pass_at_1": 0.0}}])
     assert unsandboxed_suites(results) == ["humaneval"]
     assert "**UNSANDBOXED: model-written code in suite humaneval" in summary_markdown(results)
     assert "UNSANDBOXED: model-written code in suite humaneval" in render_html(results)

@@ -1,20 +1,42 @@
-"""Reports of one run: summary.md (for CI step summaries and PR comments) and results.json."""
+"""Reports of one run: summary.md (for CI step summaries and PR comments) and results.json.
+
+Everything here reads the typed results (``harness.results.RunResults``); results.json is
+written from ``RunResults.to_json()`` (schema ``quantgate.results/2``)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
-from harness.store import write_json_atomic
+from harness.results import Metric, Record, RunResults
+
+#: the arrow beside a metric's name: which way is better, as its suite or probe declared it
+#: (none for a metric without a declared direction)
+ARROWS = {"lower": "↓", "higher": "↑"}
 
 
-def _num(m: dict | None, digits: int = 4) -> str:
-    if not m or m.get("value") is None:
+def _num(m: Metric | None, digits: int = 4) -> str:
+    if m is None or m.value is None:
         return "—"
-    v = m["value"]
-    s = f"{v:.{digits}g}"
-    if m.get("stderr"):
-        s += f" ± {m['stderr']:.2g}"
+    s = f"{m.value:.{digits}g}"
+    if m.stderr:
+        s += f" ± {m.stderr:.2g}"
     return s
+
+
+def metric_better(recs: list[Record], name: str) -> str | None:
+    """The direction ("higher" | "lower") the records' metric ``name`` declares, or None."""
+    for r in recs:
+        m = r.metrics.get(name)
+        if m is not None and m.better is not None:
+            return m.better
+    return None
+
+
+def _named(name: str, better: str | None) -> str:
+    return f"{name} {ARROWS[better]}" if better in ARROWS else name
 
 
 def scoring_note(meta: dict) -> str:
@@ -28,21 +50,20 @@ def scoring_note(meta: dict) -> str:
     return f"{meta['windows']} windows of {meta.get('context_length')} tokens; scored: {which}."
 
 
-def unsandboxed_suites(results: dict) -> list[str]:
+def unsandboxed_suites(results: RunResults) -> list[str]:
     """Suites whose model-written code ran outside the bwrap sandbox (``sandbox: guard-only``),
     from the suite meta or the per-item records; every report says so."""
     out: list[str] = []
-    for r in [results.get("baseline") or {}, *(results.get("candidates") or [])]:
-        for sid, entry in (r.get("suites") or {}).items():
-            entry = entry or {}
-            marks = [str((entry.get("meta") or {}).get("sandbox", ""))]
-            marks += [str(rec.get("sandbox", "")) for rec in entry.get("records") or [] if isinstance(rec, dict)]
+    for r in results.records():
+        for sid, entry in r.suites.items():
+            marks = [str(entry.meta.get("sandbox", ""))]
+            marks += [str(rec.get("sandbox", "")) for rec in entry.records if isinstance(rec, dict)]
             if any("UNSANDBOXED" in m for m in marks) and sid not in out:
                 out.append(sid)
     return out
 
 
-def unsandboxed_note(results: dict) -> str:
+def unsandboxed_note(results: RunResults) -> str:
     suites = unsandboxed_suites(results)
     if not suites:
         return ""
@@ -50,63 +71,65 @@ def unsandboxed_note(results: dict) -> str:
             "guard only (`sandbox: guard-only`), not in the bubblewrap sandbox.")
 
 
-def summary_markdown(results: dict) -> str:
-    recs = [results["baseline"], *results["candidates"]]
+def summary_markdown(results: RunResults) -> str:
+    recs = results.records()
     metric_names: list[str] = []
     for r in recs:
-        for k in r["metrics"]:
+        for k in r.metrics:
             if k not in metric_names:
                 metric_names.append(k)
-    gated = [g["metric"] for g in results["policy"]["gates"]]
+    gated = [g["metric"] for g in results.policy.get("gates") or []]
     shown = [m for m in metric_names if m in gated] + [
         m for m in metric_names if m not in gated and m.split(".")[-1] in ("ppl", "tokens_per_s", "peak_rss_gib", "seconds")]
-    lines = [f"# quantgate: {results['plan']['name']}", "",
-             f"Run `{results['run_id']}` · policy `{results['policy'].get('name', 'inline')}` · "
-             f"exit code **{results['exit_code']}**", "",
+    lines = [f"# quantgate: {results.plan.get('name')}", "",
+             f"Run `{results.run_id}` · policy `{results.policy.get('name', 'inline')}` · "
+             f"exit code **{results.exit_code}**", "",
              *([f"**{note}**", ""] if (note := unsandboxed_note(results)) else []),
-             "| candidate | method | runtime | verdict | " + " | ".join(shown) + " | reason |",
+             "| candidate | method | runtime | verdict | "
+             + " | ".join(_named(m, metric_better(recs, m)) for m in shown) + " | reason |",
              "|---|---|---|---|" + "---|" * len(shown) + "---|"]
     for r in recs:
-        q = r.get("quantizer") or {}
+        q = r.quantizer or {}
         method = q.get("method", "")
         params = q.get("params") or {}
         if params.get("type") or params.get("scheme"):
             method += f" {params.get('type') or params.get('scheme')}"
-        manifest = (r.get("artifact") or {}).get("manifest") or {}
+        manifest = r.artifact.manifest if r.artifact is not None else {}
         if "emulated" in (manifest.get("note") or ""):
             method += " (emulated: speed figures do not reflect FP4 hardware)"
-        runtime = (r.get("runtime") or {}).get("name") or ""
-        verdict = r["verdict"] if r["role"] == "candidate" else f"baseline ({r['verdict']})"
-        if r["status"] != "ok":
-            reason = f"{r['error']['stage']}: {r['error']['message']}"
+        runtime = (r.runtime.name if r.runtime is not None else "") or ""
+        verdict = r.verdict if r.role == "candidate" else f"baseline ({r.verdict})"
+        if r.status != "ok":
+            reason = f"{r.error.stage}: {r.error.message}" if r.error is not None else "failed"
         else:
-            reason = "; ".join(v["reason"] for v in r["verdicts"] if v["verdict"] != "PASS") or "all gates pass"
-        cells = [_num(r["metrics"].get(m)) for m in shown]
-        lines.append(f"| {r['name']} | {method} | {runtime} | {verdict} | " + " | ".join(cells) +
+            reason = "; ".join(v.reason for v in r.verdicts if v.verdict != "PASS") or "all gates pass"
+        cells = [_num(r.metrics.get(m)) for m in shown]
+        lines.append(f"| {r.name} | {method} | {runtime} | {verdict} | " + " | ".join(cells) +
                      f" | {reason.replace('|', '/')} |")
     notes = []
-    for spec in (results.get("plan") or {}).get("suites") or []:
+    for spec in results.plan.get("suites") or []:
         sid = spec.get("name") or spec.get("suite")
-        meta = next((m for r in recs if (m := ((r.get("suites") or {}).get(sid) or {}).get("meta"))), {})
+        meta = next((entry.meta for r in recs if (entry := r.suites.get(sid)) is not None and entry.meta), {})
         if note := scoring_note(meta):
             notes.append(f"- `{sid}`: {note}")
     if notes:
         lines += ["", "Window suites:", "", *notes]
     lines += ["", "## Approved list", ""]
-    lines += [f"- {n}" for n in results["approved"]] or ["(no candidate passed every gate)"]
+    lines += [f"- {n}" for n in results.approved] or ["(no candidate passed every gate)"]
     lines += ["", "## Gates", ""]
-    for r in results["candidates"]:
-        for v in r["verdicts"]:
-            lines.append(f"- **{r['name']}** `{v['gate']}`: {v['verdict']} — {v['reason']}")
+    for r in results.candidates:
+        for v in r.verdicts:
+            lines.append(f"- **{r.name}** `{v.gate}`: {v.verdict} — {v.reason}")
     lines += probe_lines(recs) + planner_lines(recs)
     # every metric, one row each (suites and probes), candidates as columns
-    lines += ["", "## All metrics", "", "| metric | " + " | ".join(r["name"] for r in recs) + " |",
+    lines += ["", "## All metrics", "", "| metric | " + " | ".join(r.name for r in recs) + " |",
               "|---|" + "---|" * len(recs)]
     for name in metric_names:
-        lines.append(f"| {name} | " + " | ".join(_num(r["metrics"].get(name)) for r in recs) + " |")
-    m = results["machine"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cpus_usable']} CPUs, {m['memory_gib']} GiB; "
-              f"wall time {results['wall_seconds']} s.", ""]
+        lines.append(f"| {_named(name, metric_better(recs, name))} | "
+                     + " | ".join(_num(r.metrics.get(name)) for r in recs) + " |")
+    m = results.machine
+    lines += ["", f"Machine: {m.get('cpu', '?')}, {m.get('cpus_usable', '?')} CPUs, {m.get('memory_gib', '?')} GiB; "
+              f"wall time {results.wall_seconds} s.", ""]
     return "\n".join(lines)
 
 
@@ -125,14 +148,14 @@ def _with_range(figs: dict, key: str) -> str:
     return s
 
 
-def probe_lines(recs: list[dict]) -> list[str]:
+def probe_lines(recs: list[Record]) -> list[str]:
     """Speed and memory: one row per figure, candidates as columns (a plan's probes give many
     figures and few candidates), medians with min–max over the repetitions."""
     rows: list[tuple[str, str]] = []  # (probe, metric)
     keep = {"memory": ("peak_rss_gib", "model_rss_gib", "peak_vram_gib", "torch_max_reserved_gib"),
             "roofline": ("pct_of_peak", "achieved_gbps"), "size": ("gib",)}
     for r in recs:
-        for probe, figs in (r.get("probes") or {}).items():
+        for probe, figs in r.probes.items():
             for k in figs:
                 if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in rows:
                     continue
@@ -146,16 +169,16 @@ def probe_lines(recs: list[dict]) -> list[str]:
            "own per candidate. tps = tokens/s; pP_bB = prompt tokens, batch; cC = concurrency. The bench "
            "probe's figures are llama-bench's: tokens/s, mean ± standard deviation; pp = prompt processing, "
            "tg = generation, @dD = after D tokens of context.", "",
-           "| probe | figure | " + " | ".join(r["name"] for r in recs) + " |", "|---|---|" + "---|" * len(recs)]
+           "| probe | figure | " + " | ".join(r.name for r in recs) + " |", "|---|---|" + "---|" * len(recs)]
     for probe, k in rows:
-        out.append(f"| {probe} | {k} | " + " | ".join(_with_range((r.get("probes") or {}).get(probe) or {}, k)
+        out.append(f"| {probe} | {k} | " + " | ".join(_with_range(r.probes.get(probe) or {}, k)
                                                    for r in recs) + " |")
     return out
 
 
-def planner_lines(recs: list[dict]) -> list[str]:
+def planner_lines(recs: list[Record]) -> list[str]:
     """The memory-fit planner's prediction beside the measurement, with its error."""
-    rows = [r for r in recs if isinstance(r.get("planner"), dict)]
+    rows = [r for r in recs if isinstance(r.planner, dict)]
     if not rows:
         return []
     out = ["", "## Memory plan vs measured", "",
@@ -167,26 +190,45 @@ def planner_lines(recs: list[dict]) -> list[str]:
            "predicted total GiB (GPU, suites' context) | note |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p = r["planner"]
+        p = r.planner
         if p.get("error"):
-            out.append(f"| {r['name']} | — | — | — | — | — | — | — | {p['error']} |")
+            out.append(f"| {r.name} | — | — | — | — | — | — | — | {p['error']} |")
             continue
-        size = (r.get("metrics") or {}).get("size.gib", {}).get("value")
+        size = r.value("size.gib")
         pp = p.get("probe_prediction") or {}
         pct = lambda v: "—" if v is None else f"{v:+.1f}%"  # noqa: E731
         note = "; ".join(x for x in (pp.get("weights_as"), pp.get("workload")) if x)
-        out.append(f"| {r['name']} | {_fmt(p.get('weights_gib'))} | {_fmt(size)} | {pct(p.get('weights_error_pct'))} | "
+        out.append(f"| {r.name} | {_fmt(p.get('weights_gib'))} | {_fmt(size)} | {pct(p.get('weights_error_pct'))} | "
                    f"{_fmt(p.get('probe_predicted_gib'))} | {_fmt(p.get('probe_measured_gib'))} | "
                    f"{pct(p.get('probe_error_pct'))} | {_fmt(p.get('total_gib'))} | {note.replace('|', '/')} |")
     return out
 
 
-def write_reports(results: dict, run_dir: Path) -> dict[str, Path]:
+def _write_text_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary file beside it and a rename: a reader (or a
+    crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_reports(results: RunResults, run_dir: Path) -> dict[str, Path]:
+    """summary.md, results.json (``results.to_json()``, schema /2, written atomically) and
+    report.html into ``run_dir``; returns their paths (``html_error`` instead of ``html``
+    when the page could not be written)."""
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "results.json"  # first: a report that fails must never cost the results
+    _write_text_atomic(out, results.to_json())
     summary = run_dir / "summary.md"
     summary.write_text(summary_markdown(results))
-    out = run_dir / "results.json"
-    write_json_atomic(out, results)
     paths: dict = {"summary": summary, "results": out}
     try:  # report.html (figures) last: a plot that fails must never cost the results above
         from harness.report.html import write_html

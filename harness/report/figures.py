@@ -1,4 +1,4 @@
-"""Figures of one run, as pure functions of its results dict (``quantgate.results/1``).
+"""Figures of one run, as pure functions of its typed results (``harness.results.RunResults``).
 
 Only matplotlib's object API is used (``matplotlib.figure.Figure``, rendered by the Agg/SVG
 canvases on save): no pyplot, no global backend switch, no display, and nothing kept alive
@@ -8,6 +8,10 @@ after the caller drops the figure.
 * :func:`suite_bars` -- one bar chart per suite (its gated and headline metrics), candidates
   as bars with error bars (the verdict's interval in metric units where it has one, else the
   metric's stderr).
+
+Which way a metric is better comes from the results (``Metric.better``, declared once by the
+suite or probe that measured it); where a gate's limit lies and what a verdict's interval is
+in the metric's units, from the gate's class (``harness.gates``).
 """
 
 from __future__ import annotations
@@ -17,42 +21,56 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from harness.gates import REGISTRY as GATES
+from harness.gates import Gate, gate_class, gate_from_dict
+from harness.results import Record, RunResults, Verdict
+
 VERDICT_COLORS = {"PASS": "#2e7d32", "FAIL": "#c62828", "INCONCLUSIVE": "#e69f00", "ERROR": "#7f7f7f"}
 BASELINE_COLOR = "#1f4e79"
 FIGSIZE = (6.0, 4.0)
 DPI = 100
 
-# leaf-name words whose metric is better when lower (ppl, nll, kl_*, bits_per_byte, sizes, times)
-_LOWER_WORDS = {"ppl", "perplexity", "nll", "kl", "loss", "bpb", "error", "errors", "seconds",
-                "gib", "bytes", "rss", "latency", "tail", "rms", "byte_perplexity", "word_perplexity"}
-_LOWER_LEAVES = {"bits_per_byte", "byte_perplexity", "word_perplexity", "ref_tail_mass_mean"}
 # metrics that describe the measurement, not quality: not worth a bar
 _COUNT_LEAVES = {"tokens", "n", "items", "windows", "scored_tokens", "count"}
 _SIZE_LABELS = {"size.gib": "size on disk (GiB)", "memory.peak_rss_gib": "peak RSS (GiB)",
                 "size.bytes": "size on disk (bytes)"}
+#: tests with which a gate compared measured values: its interval is in the unpaired units
+_UNPAIRED_TESTS = ("measured value", "normal bound on the standard error")
 
 
-# ---------------------------------------------------------------- reading the results dict
+# ---------------------------------------------------------------- reading the results
 
-def records(results: dict) -> list[dict]:
-    """The baseline (when present) then the candidates."""
-    out = [results["baseline"]] if results.get("baseline") else []
-    return out + list(results.get("candidates") or [])
-
-
-def gates(results: dict) -> list[dict]:
-    return list(((results.get("policy") or {}).get("gates")) or [])
+def records(results: RunResults) -> list[Record]:
+    """The baseline then the candidates."""
+    return results.records()
 
 
-def suite_names(results: dict) -> list[str]:
+def gates(results: RunResults) -> list[dict]:
+    """The policy's gates as stored (dicts)."""
+    return list(results.policy.get("gates") or [])
+
+
+def gate_objects(results: RunResults) -> list[Gate]:
+    """The policy's gates as their classes; a gate this install cannot build (a kind it does
+    not know, parameters its class refuses) is left out: it draws no line."""
+    out = []
+    for g in gates(results):
+        try:
+            out.append(gate_from_dict(g))
+        except Exception:
+            continue
+    return out
+
+
+def suite_names(results: RunResults) -> list[str]:
     """Suite names (metric prefixes), in plan order, then any others the records carry."""
     names: list[str] = []
-    for s in (results.get("plan") or {}).get("suites") or []:
+    for s in results.plan.get("suites") or []:
         n = s.get("name") or s.get("suite")
         if n and n not in names:
             names.append(n)
     for r in records(results):
-        for n in r.get("suites") or {}:
+        for n in r.suites:
             if n not in names:
                 names.append(n)
     return names
@@ -67,53 +85,47 @@ def suite_of(metric: str, suites: list[str]) -> str | None:
     return best
 
 
-def metric_names(results: dict) -> list[str]:
+def metric_names(results: RunResults) -> list[str]:
     names: list[str] = []
     for r in records(results):
-        for k in r.get("metrics") or {}:
+        for k in r.metrics:
             if k not in names:
                 names.append(k)
     return names
 
 
-def metric_value(rec: dict, name: str) -> float | None:
-    m = (rec.get("metrics") or {}).get(name)
-    if m is None:
-        return None
-    v = m.get("value") if isinstance(m, dict) else m
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+def metric_value(rec: Record | None, name: str) -> float | None:
+    m = None if rec is None else rec.metrics.get(name)
+    return None if m is None else _finite(m.value)
 
 
-def metric_stderr(rec: dict, name: str) -> float | None:
-    m = (rec.get("metrics") or {}).get(name)
-    if not isinstance(m, dict) or m.get("stderr") is None:
-        return None
-    try:
-        s = float(m["stderr"])
-    except (TypeError, ValueError):
-        return None
-    return s if math.isfinite(s) else None
+def metric_stderr(rec: Record | None, name: str) -> float | None:
+    m = None if rec is None else rec.metrics.get(name)
+    return None if m is None else _finite(m.stderr)
 
 
-def lower_is_better(metric: str, results: dict | None = None) -> bool:
-    """From the gate kind on this metric when there is one, else from the metric's name."""
-    for g in gates(results or {}):
-        if g.get("metric") == metric:
-            if g.get("kind") in ("max_increase_pct", "max_value"):
-                return True
-            if g.get("kind") in ("max_drop_pct", "min_value"):
-                return False
-    leaf = metric.rsplit(".", 1)[-1].lower()
-    if leaf in _LOWER_LEAVES:
-        return True
-    return any(w in _LOWER_WORDS for w in leaf.split("_"))
+def metric_better(results: RunResults, metric: str) -> str | None:
+    """"higher" | "lower": the direction the records' metric declares (a verdict's where no
+    record carries the metric), or None where nothing declares one (a count, such as tokens)."""
+    for r in records(results):
+        m = r.metrics.get(metric)
+        if m is not None and m.better is not None:
+            return m.better
+    for r in records(results):
+        for v in r.verdicts:
+            if v.metric == metric and v.better is not None:
+                return v.better
+    return None
 
 
-def default_quality_metric(results: dict) -> str | None:
+def lower_is_better(metric: str, results: RunResults) -> bool:
+    """Whether ``metric`` is declared lower-is-better. A metric without a declared direction
+    (None: a count that describes the measurement) is drawn as higher-is-better: for display
+    only (the axis label, the Pareto front's side), it decides nothing."""
+    return metric_better(results, metric) == "lower"
+
+
+def default_quality_metric(results: RunResults) -> str | None:
     """The first gated suite metric of the policy, else the first suite metric measured."""
     suites = suite_names(results)
     measured = metric_names(results)
@@ -127,14 +139,14 @@ def default_quality_metric(results: dict) -> str | None:
     return None
 
 
-def verdict_of(rec: dict) -> str:
-    if rec.get("status") not in (None, "ok"):
+def verdict_of(rec: Record) -> str:
+    if rec.status != "ok":
         return "ERROR"
-    return rec.get("verdict") or "ERROR"
+    return rec.verdict or "ERROR"
 
 
-def label_of(rec: dict) -> str:
-    return f"{rec.get('name', '?')} (baseline)" if rec.get("role") == "baseline" else str(rec.get("name", "?"))
+def label_of(rec: Record) -> str:
+    return f"{rec.name} (baseline)" if rec.role == "baseline" else rec.name
 
 
 def _finite(x: Any) -> float | None:
@@ -145,64 +157,66 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def verdict_metric_interval(v: dict, base_value: float | None = None) -> tuple[float, float] | None:
-    """A verdict's ``[lower, upper]`` in the metric's own units, or None when it has none or
-    its units cannot be told.
+def verdict_gate(v: Verdict, results: RunResults | None = None) -> Gate | None:
+    """The gate class instance a verdict was decided by: the policy's gate of that name and
+    kind where ``results`` has it, else the kind's class without its parameters (mapping to
+    metric units reads none of them), or None for a kind this install does not know."""
+    if results is not None:
+        for g in gate_objects(results):
+            if g.name == v.gate and g.kind == v.kind:
+                return g
+    if v.kind not in GATES:
+        return None
+    return gate_class(v.kind).model_construct(name=v.gate, metric=v.metric)
 
-    Paired verdicts give the interval in the gate's units (a change in percent, a drop in
-    proportion units, a ratio...). Which one is found by matching the verdict's ``estimate``
-    against the maps from the metric value to those units; a gate on an absolute value
-    (max_value/min_value) is in metric units already.
+
+def verdict_paired(v: Verdict) -> bool:
+    """Whether a verdict's statistics are in its gate's paired units; a file that predates the
+    ``paired`` field tells by its test."""
+    if v.paired is not None:
+        return v.paired
+    return v.test is not None and v.test not in _UNPAIRED_TESTS
+
+
+def verdict_metric_interval(v: Verdict, base_value: float | None = None,
+                            gate: Gate | None = None) -> tuple[float, float] | None:
+    """A verdict's ``[lower, upper]`` in the metric's own units, or None when it has none or
+    its gate's class cannot map it.
+
+    The interval is in the gate's units (a change in percent, a drop as a fraction, a ratio,
+    the metric itself for absolute bounds); the gate's class maps each bound back with
+    ``to_metric_units(x, baseline, paired)``. ``gate`` defaults to the verdict's kind's class;
+    the baseline to the verdict's own, else ``base_value``.
     """
-    lo, hi = _finite(v.get("lower")), _finite(v.get("upper"))
+    lo, hi = _finite(v.lower), _finite(v.upper)
     if lo is None or hi is None:
         return None
-    if v.get("kind") in ("max_value", "min_value"):
-        return (min(lo, hi), max(lo, hi))
-    est, x = _finite(v.get("estimate")), _finite(v.get("value"))
-    b = _finite(v.get("baseline"))
+    gate = gate or verdict_gate(v)
+    if gate is None:
+        return None
+    b = _finite(v.baseline)
     if b is None:
-        b = base_value
-    if est is None or x is None or b is None or b == 0:
+        b = _finite(base_value)
+    paired = verdict_paired(v)
+    try:
+        a, c = (_finite(gate.to_metric_units(x, b, paired=paired)) for x in (lo, hi))
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError, NotImplementedError):
+        return None  # a third-party kind that needs what a parameterless instance lacks
+    if a is None or c is None:
         return None
-    ab = abs(b)
-    maps = [  # (gate units from metric value, metric value from gate units)
-        (lambda y: 100 * (y - b) / ab, lambda g: b + g * ab / 100),
-        (lambda y: 100 * (b - y) / ab, lambda g: b - g * ab / 100),
-        (lambda y: (y - b) / ab, lambda g: b + g * ab),
-        (lambda y: (b - y) / ab, lambda g: b - g * ab),
-        (lambda y: y - b, lambda g: b + g),
-        (lambda y: b - y, lambda g: b - g),
-        (lambda y: 100 * (b - y), lambda g: b - g / 100),
-        (lambda y: y / b, lambda g: g * b),
-    ]
-    tol = 0.02 * abs(est) + 1e-9
-    found = {tuple(round(z, 12) for z in sorted((inv(lo), inv(hi))))
-             for fwd, inv in maps if abs(fwd(x) - est) <= tol}
-    if len(found) != 1:  # no map, or several that disagree (e.g. an estimate of 0)
-        return None
-    a, c = found.pop()
-    return (a, c)
+    return (min(a, c), max(a, c))
 
 
-def _threshold_lines(results: dict, metric: str) -> list[tuple[float, str]]:
+def threshold_lines(results: RunResults, metric: str) -> list[tuple[float, str]]:
     """Where each gate on ``metric`` puts its limit, in metric units, with a short label."""
+    bv = metric_value(results.baseline, metric)
     out = []
-    base = results.get("baseline") or {}
-    bv = metric_value(base, metric)
-    for g in gates(results):
-        if g.get("metric") != metric:
+    for g in gate_objects(results):
+        if g.metric != metric:
             continue
-        kind = g.get("kind")
-        if kind == "max_value" and _finite(g.get("max")) is not None:
-            out.append((float(g["max"]), f"{g.get('name')}: max {g['max']:g}"))
-        elif kind == "min_value" and _finite(g.get("min")) is not None:
-            out.append((float(g["min"]), f"{g.get('name')}: min {g['min']:g}"))
-        elif kind in ("max_increase_pct", "max_drop_pct") and bv is not None \
-                and _finite(g.get("max_pct")) is not None:
-            sign = 1 if kind == "max_increase_pct" else -1
-            out.append((bv * (1 + sign * g["max_pct"] / 100),
-                        f"{g.get('name')}: {'+' if sign > 0 else '-'}{g['max_pct']:g}%"))
+        line = g.line(bv)
+        if line is not None:
+            out.append(line)
     return out
 
 
@@ -210,8 +224,9 @@ def _fig(w: float = FIGSIZE[0], h: float = FIGSIZE[1]) -> Figure:
     return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
 
 
-def _axis_label(metric: str, results: dict) -> str:
+def _axis_label(metric: str, results: RunResults) -> str:
     base = _SIZE_LABELS.get(metric, metric)
+    # no declared direction (a count): "higher", for display only (see lower_is_better)
     return f"{base} ({'lower' if lower_is_better(metric, results) else 'higher'} is better)"
 
 
@@ -260,7 +275,7 @@ def _place_labels(ax, xy: list[tuple[float, float]], texts: list[str], fontsize:
                     ha="right" if choice[0] < 0 else "left", va="bottom")
 
 
-def pareto(results: dict, quality_metric: str | None = None, size_metric: str = "size.gib") -> Figure:
+def pareto(results: RunResults, quality_metric: str | None = None, size_metric: str = "size.gib") -> Figure:
     """Quality vs size per record (the baseline too), the Pareto front, gate limits drawn.
 
     Colour by verdict: PASS green, FAIL red, INCONCLUSIVE amber, ERROR grey; the baseline is
@@ -279,8 +294,8 @@ def pareto(results: dict, quality_metric: str | None = None, size_metric: str = 
     pts, shown, missing = [], [], []
     for r in recs:
         x, y = metric_value(r, size_metric), metric_value(r, q)
-        if r.get("status") not in (None, "ok") or x is None or y is None:
-            missing.append(f"{r.get('name')} ({verdict_of(r) if r.get('status') != 'ok' else 'not measured'})")
+        if r.status != "ok" or x is None or y is None:
+            missing.append(f"{r.name} ({verdict_of(r) if r.status != 'ok' else 'not measured'})")
             continue
         pts.append((x, y))
         shown.append(r)
@@ -296,7 +311,7 @@ def pareto(results: dict, quality_metric: str | None = None, size_metric: str = 
     seen: set[str] = set()
     for (x, y), r in zip(pts, shown, strict=True):
         err = metric_stderr(r, q)
-        if r.get("role") == "baseline":
+        if r.role == "baseline":
             color, marker, lab = BASELINE_COLOR, "D", "baseline"
         else:
             lab = verdict_of(r)
@@ -310,17 +325,17 @@ def pareto(results: dict, quality_metric: str | None = None, size_metric: str = 
     for i in front:  # ring the front's members
         ax.scatter([pts[i][0]], [pts[i][1]], s=110, facecolors="none", edgecolors="#555555",
                    linewidths=0.8, zorder=2)
-    for value, text in _threshold_lines(results, q):
+    for value, text in threshold_lines(results, q):
         ax.axhline(value, color="#b0b0b0", ls="--", lw=0.8, zorder=0)
         ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
                     textcoords="offset points", ha="right", va="bottom", fontsize=7, color="#777777")
-    for value, text in _threshold_lines(results, size_metric):
+    for value, text in threshold_lines(results, size_metric):
         ax.axvline(value, color="#b0b0b0", ls=":", lw=0.8, zorder=0)
         ax.annotate(text, (value, 1), xycoords=("data", "axes fraction"), xytext=(2, -3),
                     textcoords="offset points", ha="left", va="top", fontsize=7, color="#777777",
                     rotation=90)
     ax.margins(x=0.15, y=0.15)
-    _place_labels(ax, pts, [str(r.get("name")) for r in shown])
+    _place_labels(ax, pts, [r.name for r in shown])
     ax.set_xlabel(_axis_label(size_metric, results), fontsize=9)
     ax.set_ylabel(_axis_label(q, results), fontsize=9)
     ax.set_title(f"{q} vs {size_metric}", fontsize=10)
@@ -334,7 +349,7 @@ def pareto(results: dict, quality_metric: str | None = None, size_metric: str = 
 
 # ---------------------------------------------------------------- bars per suite
 
-def _bar_metrics(results: dict, suite: str, limit: int = 4) -> list[str]:
+def _bar_metrics(results: RunResults, suite: str, limit: int = 4) -> list[str]:
     """A suite's metrics worth a bar: its gated ones, then those with a stderr, then the rest
     (no counts), at most ``limit``."""
     names = [m for m in metric_names(results) if suite_of(m, suite_names(results)) == suite]
@@ -348,18 +363,18 @@ def _bar_metrics(results: dict, suite: str, limit: int = 4) -> list[str]:
     return ordered[:limit]
 
 
-def gate_interval(results: dict, rec: dict, metric: str) -> tuple[float, float] | None:
+def gate_interval(results: RunResults, rec: Record, metric: str) -> tuple[float, float] | None:
     """The interval of the first verdict on ``metric`` that has one, in the metric's units."""
-    base_value = metric_value(results.get("baseline") or {}, metric)
-    for v in rec.get("verdicts") or []:
-        if v.get("metric") == metric:
-            iv = verdict_metric_interval(v, base_value)
+    base_value = metric_value(results.baseline, metric)
+    for v in rec.verdicts:
+        if v.metric == metric:
+            iv = verdict_metric_interval(v, base_value, verdict_gate(v, results))
             if iv is not None:
                 return iv
     return None
 
 
-def suite_bars(results: dict) -> list[tuple[str, Figure]]:
+def suite_bars(results: RunResults) -> list[tuple[str, Figure]]:
     """One figure per suite: a bar per record for each of its main metrics."""
     out: list[tuple[str, Figure]] = []
     recs = records(results)
@@ -374,8 +389,8 @@ def suite_bars(results: dict) -> list[tuple[str, Figure]]:
             names, vals, colors, ses, ivs, measured = [], [], [], [], [], []
             for r in recs:
                 names.append(label_of(r).replace(" (baseline)", "\n(baseline)"))
-                v = metric_value(r, metric) if r.get("status") in (None, "ok") else None
-                if r.get("role") == "baseline":
+                v = metric_value(r, metric) if r.status == "ok" else None
+                if r.role == "baseline":
                     colors.append(BASELINE_COLOR)
                 else:
                     colors.append(VERDICT_COLORS.get(verdict_of(r), VERDICT_COLORS["ERROR"]))
@@ -397,14 +412,14 @@ def suite_bars(results: dict) -> list[tuple[str, Figure]]:
                             xytext=(0, -2 if neg else 2), textcoords="offset points", ha="center",
                             va="top" if neg else "bottom", fontsize=6.5,
                             color="#333333" if ok else "#999999")
-            limits = _threshold_lines(results, metric)
+            limits = threshold_lines(results, metric)
             for value, _ in limits:
                 ax.axhline(value, color="#555555", ls="--", lw=0.8, zorder=4)
             ax.set_xticks(list(xs))
             ax.set_xticklabels(names, rotation=35 if len(names) > 3 else 0,
                                ha="right" if len(names) > 3 else "center", fontsize=7)
             leaf = metric[len(suite) + 1:]
-            arrow = "↓" if lower_is_better(metric, results) else "↑"
+            arrow = "↓" if lower_is_better(metric, results) else "↑"  # None: "↑", for display only
             title = f"{leaf} ({arrow} better)"
             if limits:  # the gate limits, named in the title rather than over the bars
                 title += "\n" + "; ".join(f"--- {t}" for _, t in limits)

@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.report import ARROWS, scoring_note, unsandboxed_note
 from harness.report import figures as F
-from harness.report import scoring_note, unsandboxed_note
+from harness.results import Record, RunResults, Verdict
 
 VERDICT_CSS = {"PASS": "pass", "FAIL": "fail", "INCONCLUSIVE": "inconclusive", "ERROR": "error"}
 EXIT_MEANING = {0: "every candidate passed every gate",
@@ -146,9 +147,13 @@ def _figure_block(make, label: str, caption: str = "") -> str:
 
 # ---------------------------------------------------------------- sections
 
-def _method(rec: dict) -> str:
-    q = rec.get("quantizer") or {}
-    method = q.get("method") or ("baseline" if rec.get("role") == "baseline" else "")
+def _manifest(rec: Record) -> dict:
+    return rec.artifact.manifest if rec.artifact is not None else {}
+
+
+def _method(rec: Record) -> str:
+    q = rec.quantizer or {}
+    method = q.get("method") or ("baseline" if rec.role == "baseline" else "")
     out = f"<b>{esc(method)}</b>"
     if q.get("model"):
         out += f" <span class=small>{esc(q['model'])}</span>"
@@ -157,81 +162,81 @@ def _method(rec: dict) -> str:
     cal = q.get("calibration")
     if cal:
         out += f"<br><span class=small>calibration: {esc(compact(cal))}</span>"
-    manifest = (rec.get("artifact") or {}).get("manifest") or {}
+    manifest = _manifest(rec)
     if "emulated" in str(manifest.get("note") or ""):
         out += "<br><span class=small>emulated: speed figures do not reflect FP4 hardware</span>"
     return out
 
 
-def _runtime(rec: dict) -> str:
-    rt = rec.get("runtime") or {}
-    out = f"<b>{esc(rt.get('name') or '—')}</b>"
-    if rt.get("params"):
-        out += f"<br><span class=small>{esc(compact(rt['params']))}</span>"
+def _runtime(rec: Record) -> str:
+    rt = rec.runtime
+    out = f"<b>{esc((rt.name if rt is not None else None) or '—')}</b>"
+    if rt is not None and rt.params:
+        out += f"<br><span class=small>{esc(compact(rt.params))}</span>"
     return out
 
 
-def _interval_text(v: dict) -> str:
-    lo, hi = v.get("lower"), v.get("upper")
+def _interval_text(v: Verdict) -> str:
+    lo, hi = v.lower, v.upper
     return f"[{fnum(lo)}, {fnum(hi)}]" if lo is not None or hi is not None else ""
 
 
-def _evidence(v: dict) -> str:
+def _evidence(v: Verdict) -> str:
     """What a paired verdict adds to its sentence: the test, sample, p-value, discordant pairs
     (and the interval, when the sentence does not give one). Point verdicts add nothing: their
     sentence has the value, the baseline, the change and the limit."""
-    if not any(v.get(k) is not None for k in _STATS_FIELDS) or v.get("lower") is None and v.get("test") in (None, "measured value"):
+    if not any(getattr(v, k) is not None for k in _STATS_FIELDS) or v.lower is None and v.test in (None, "measured value"):
         return ""
     bits = []
-    reason = str(v.get("reason") or v.get("text") or "")
+    reason = str(v.reason or v.text or "")
     iv = _interval_text(v)
     if iv and "[" not in reason:
-        alpha = v.get("alpha")
+        alpha = v.alpha
         level = f"{100 * (1 - 2 * float(alpha)):g}% " if isinstance(alpha, int | float) else ""
-        bits.append(f"estimate {fnum(v.get('estimate'))}, {level}interval {iv}")
-    if v.get("test"):
-        bits.append(str(v["test"]))
-    if v.get("n") is not None:
-        bits.append(f"n={fnum(v['n'])}")
-    if v.get("p_value") is not None:
-        bits.append(f"p={fnum(v['p_value'], 3)}")
-    disc = v.get("discordant")
+        bits.append(f"estimate {fnum(v.estimate)}, {level}interval {iv}")
+    if v.test:
+        bits.append(str(v.test))
+    if v.n is not None:
+        bits.append(f"n={fnum(v.n)}")
+    if v.p_value is not None:
+        bits.append(f"p={fnum(v.p_value, 3)}")
+    disc = v.discordant
     if isinstance(disc, dict) and disc:
         bits.append("discordant " + compact(disc))
-    if v.get("needed_n") is not None and "settle" not in reason:
-        bits.append(f"≈{fnum(v['needed_n'])} paired items would settle it")
+    if v.needed_n is not None and "settle" not in reason:
+        bits.append(f"≈{fnum(v.needed_n)} paired items would settle it")
     return esc(" · ".join(bits))
 
 
-def _gates_cell(rec: dict) -> str:
-    if rec.get("status") not in (None, "ok"):
-        err = rec.get("error") or {}
-        return (f'<div class="gate">{badge("ERROR")} {esc(err.get("stage") or "?")}: '
-                f"{esc(err.get('message') or 'failed')}</div>")
-    vs = rec.get("verdicts") or []
+def _gates_cell(rec: Record) -> str:
+    if rec.status != "ok":
+        err = rec.error
+        return (f'<div class="gate">{badge("ERROR")} {esc((err.stage if err else None) or "?")}: '
+                f"{esc((err.message if err else None) or 'failed')}</div>")
+    vs = rec.verdicts
     if not vs:
         return '<span class="small">no gate</span>'
     out = []
     for v in vs:
-        reason = v.get("reason") or v.get("text") or ""
+        reason = v.reason or v.text or ""
         ev = _evidence(v)
-        out.append(f'<div class="gate">{badge(v.get("verdict"))} <span class="g">{esc(v.get("gate"))}</span>'
-                   f' <span class="small">({esc(v.get("kind") or "")} on <code>{esc(v.get("metric"))}</code>)</span>'
+        out.append(f'<div class="gate">{badge(v.verdict)} <span class="g">{esc(v.gate)}</span>'
+                   f' <span class="small">({esc(v.kind or "")} on <code>{esc(v.metric)}</code>)</span>'
                    f": {esc(reason)}" + (f'<div class="ev">{ev}</div>' if ev else "") + "</div>")
     return "".join(out)
 
 
-def _header(results: dict) -> str:
-    plan = results.get("plan") or {}
-    policy = results.get("policy") or {}
-    code = results.get("exit_code")
-    approved = results.get("approved") or []
-    cands = results.get("candidates") or []
+def _header(results: RunResults) -> str:
+    plan = results.plan
+    policy = results.policy
+    code = results.exit_code
+    approved = results.approved
+    cands = results.candidates
     counts: dict[str, int] = {}
     for c in cands:
         counts[F.verdict_of(c)] = counts.get(F.verdict_of(c), 0) + 1
     tally = ", ".join(f"{n} {k}" for k, n in counts.items())
-    tracking = results.get("tracking") or {}
+    tracking = results.tracking or {}
     if tracking.get("error"):
         track = f"failed: {tracking['error']}"
     elif tracking.get("uri"):
@@ -240,17 +245,17 @@ def _header(results: dict) -> str:
     else:
         track = "off"
     rows = [
-        ("run id", esc(results.get("run_id"))),
-        ("plan", f"{esc(plan.get('name'))} <span class=small>({esc(results.get('plan_file') or 'inline')})</span>"),
-        ("started", f"{esc(results.get('started'))} → {esc(results.get('finished'))} "
-                    f"<span class=small>({fnum(results.get('wall_seconds'))} s)</span>"),
+        ("run id", esc(results.run_id)),
+        ("plan", f"{esc(plan.get('name'))} <span class=small>({esc(results.plan_file or 'inline')})</span>"),
+        ("started", f"{esc(results.started)} → {esc(results.finished)} "
+                    f"<span class=small>({fnum(results.wall_seconds)} s)</span>"),
         ("exit code", f"<b>{esc(code)}</b> <span class=small>{esc(EXIT_MEANING.get(code, ''))}</span>"),
         ("policy", f"{esc(policy.get('name') or 'inline')} <span class=small>{esc(policy.get('description') or '')}"
                    f"{' · INCONCLUSIVE blocks' if policy.get('inconclusive_blocks') else ''}</span>"),
         ("candidates", f"{len(cands)}: {esc(tally)}" if cands else "none"),
         ("approved", ", ".join(f"<b>{esc(a)}</b>" for a in approved) if approved
          else "<b>none</b> <span class=small>(no candidate passed every gate)</span>"),
-        ("quantgate", esc(results.get("quantgate_version"))),
+        ("quantgate", esc(results.quantgate_version)),
         ("MLflow", esc(track)),
     ]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
@@ -258,51 +263,55 @@ def _header(results: dict) -> str:
     return f"<h1>quantgate: {esc(plan.get('name') or '?')}</h1>{desc}<dl class=meta>{dl}</dl>"
 
 
-def _verdict_table(results: dict) -> str:
+def _verdict_table(results: RunResults) -> str:
     rows = []
     for r in F.records(results):
-        is_base = r.get("role") == "baseline"
-        name = f"<b>{esc(r.get('name'))}</b>" + ("<br><span class=small>baseline</span>" if is_base else "")
+        is_base = r.role == "baseline"
+        name = f"<b>{esc(r.name)}</b>" + ("<br><span class=small>baseline</span>" if is_base else "")
         verdict = badge(F.verdict_of(r)) if not is_base else (
             badge("baseline", baseline=True) + (f'<br><span class="small">own gates</span> {badge(F.verdict_of(r))}'
-                                                if r.get("verdicts") or r.get("status") != "ok" else ""))
+                                                if r.verdicts or r.status != "ok" else ""))
         rows.append([name, _method(r), _runtime(r), verdict, _gates_cell(r)])
     return "<h2>Verdicts</h2>" + table(["candidate", "method / params", "runtime", "verdict",
                                        "gates: evidence"], rows, cls="verdicts")
 
 
-def _fidelity_suites(results: dict) -> list[str]:
+def _fidelity_suites(results: RunResults) -> list[str]:
     names = F.suite_names(results)
     out = []
-    for s in (results.get("plan") or {}).get("suites") or []:
+    for s in results.plan.get("suites") or []:
         if s.get("suite") == "fidelity":
             out.append(s.get("name") or s.get("suite"))
-    for n in names:  # a fidelity suite the plan did not name (e.g. a hand-made results dict)
+    for n in names:  # a fidelity suite the plan did not name (e.g. a hand-made results file)
         if n not in out and any(m == f"{n}.kl_mean" for m in F.metric_names(results)):
             out.append(n)
     return out
 
 
-def _cell(results: dict, rec: dict, metric: str) -> str:
-    if rec.get("status") not in (None, "ok") and F.metric_value(rec, metric) is None:
+def _cell(results: RunResults, rec: Record, metric: str) -> str:
+    if rec.status != "ok" and F.metric_value(rec, metric) is None:
         return '<span class="small">—</span>'
     v, se = F.metric_value(rec, metric), F.metric_stderr(rec, metric)
     s = fnum(v)
     if v is not None and se:
         s += f" ± {fnum(se, 2)}"
-    for vd in rec.get("verdicts") or []:
-        if vd.get("metric") == metric and (vd.get("lower") is not None or vd.get("upper") is not None):
-            base = F.metric_value(results.get("baseline") or {}, metric)
-            iv = F.verdict_metric_interval(vd, base)
+    for vd in rec.verdicts:
+        if vd.metric == metric and (vd.lower is not None or vd.upper is not None):
+            base = F.metric_value(results.baseline, metric)
+            iv = F.verdict_metric_interval(vd, base, F.verdict_gate(vd, results))
             if iv is not None:
                 s += f'<br><span class="ev">[{fnum(iv[0])}, {fnum(iv[1])}]</span>'
             else:
-                s += (f'<br><span class="ev">{esc(vd.get("gate"))} (gate units): {fnum(vd.get("estimate"))} '
+                s += (f'<br><span class="ev">{esc(vd.gate)} (gate units): {fnum(vd.estimate)} '
                       f"{_interval_text(vd)}</span>")
     return s
 
 
-def _suite_tables(results: dict) -> str:
+def _arrow(better: str | None) -> str:
+    return f" {ARROWS[better]}" if better in ARROWS else ""
+
+
+def _suite_tables(results: RunResults) -> str:
     suites = F.suite_names(results)
     fidelity = set(_fidelity_suites(results))
     all_metrics = F.metric_names(results)
@@ -313,30 +322,31 @@ def _suite_tables(results: dict) -> str:
         ms = [m for m in all_metrics if F.suite_of(m, suites) == s]
         if not ms:
             continue
-        headers = ["candidate", *(esc(m[len(s) + 1:]) + (" ↓" if F.lower_is_better(m, results) else " ↑")
-                                  for m in ms), "seconds"]
+        # the arrow: the direction the suite declared; none for a metric that declares none (a count)
+        headers = ["candidate", *(esc(m[len(s) + 1:]) + _arrow(F.metric_better(results, m)) for m in ms),
+                   "seconds"]
         rows = []
         for r in F.records(results):
-            srec = (r.get("suites") or {}).get(s) or {}
+            srec = r.suites.get(s)
             rows.append([esc(F.label_of(r)), *(_cell(results, r, m) for m in ms),
-                         fnum(srec.get("seconds")) + (" <span class=small>(reused)</span>"
-                                                       if srec.get("reused") else "")])
+                         fnum(srec.seconds if srec is not None else None)
+                         + (" <span class=small>(reused)</span>" if srec is not None and srec.reused else "")])
         note = scoring_note(_suite_meta(results, s))
         out.append(f"<h3>{esc(s)}</h3>" + (f"<p class=small>{esc(note)}</p>" if note else "")
                    + table(headers, rows, num_cols=set(range(1, len(ms) + 2))))
     if not out:
         return "<h2>Suites</h2><p class=small>no suite metric was measured</p>"
     return ("<h2>Suites</h2><p class=small>value ± standard error; below it, where a gate computed one, "
-            "the verdict's interval (in the metric's units when they can be told, else the gate's)."
-            " ↓/↑: lower/higher is better.</p>" + "".join(out))
+            "the verdict's interval (in the metric's units when its gate can map them, else the gate's)."
+            " ↓/↑: lower/higher is better, as the suite declares it.</p>" + "".join(out))
 
 
-def _fidelity_table(results: dict) -> str:
+def _fidelity_table(results: RunResults) -> str:
     out = []
     for s in _fidelity_suites(results):
         rows = []
         for r in F.records(results):
-            if r.get("role") == "baseline" and F.metric_value(r, f"{s}.kl_mean") is None:
+            if r.role == "baseline" and F.metric_value(r, f"{s}.kl_mean") is None:
                 continue  # the reference itself: KL 0 by definition, usually not scored
             rows.append([esc(F.label_of(r)), *(_cell(results, r, f"{s}.{k}") for k, _ in FIDELITY_COLUMNS)])
         if rows:
@@ -356,15 +366,15 @@ def _fidelity_table(results: dict) -> str:
             "baseline's.</p>" + "".join(out))
 
 
-def _suite_meta(results: dict, suite_id: str) -> dict:
+def _suite_meta(results: RunResults, suite_id: str) -> dict:
     for r in F.records(results):
-        meta = ((r.get("suites") or {}).get(suite_id) or {}).get("meta")
-        if meta:
-            return meta
+        entry = r.suites.get(suite_id)
+        if entry is not None and entry.meta:
+            return entry.meta
     return {}
 
 
-def _fidelity_method(results: dict, suite_id: str) -> str:
+def _fidelity_method(results: RunResults, suite_id: str) -> str:
     """One line saying how this suite's KL was computed, from the suite's meta in a record."""
     meta = _suite_meta(results, suite_id)
     if not meta:
@@ -381,14 +391,14 @@ PROBE_LABELS = {"size.gib": "size GiB", "size.bytes": "size bytes", "load.second
 _PROBE_ORDER = ["size", "load", "decode", "memory"]
 
 
-def _probe_table(results: dict) -> str:
+def _probe_table(results: RunResults) -> str:
     recs = F.records(results)
     flat: list[dict[str, Any]] = []
     cols: list[str] = []
     for r in recs:
         row: dict[str, Any] = {}
-        for probe, vals in (r.get("probes") or {}).items():
-            for k, v in (vals.items() if isinstance(vals, dict) else [("", vals)]):
+        for probe, vals in r.probes.items():
+            for k, v in vals.items():
                 row[f"{probe}.{k}" if k else probe] = v
         flat.append(row)
         cols += [c for c in row if c not in cols]
@@ -400,8 +410,7 @@ def _probe_table(results: dict) -> str:
     cols = [c for c in cols if not c.endswith(("_std", "_mean"))]
     extra = [("bits/weight", "bits_per_weight"), ("quantize s", "wall_seconds"),
              ("quantize peak RSS GiB", "peak_rss_gib")]
-    extra = [(lab, key) for lab, key in extra
-             if any(((r.get("artifact") or {}).get("manifest") or {}).get(key) is not None for r in recs)]
+    extra = [(lab, key) for lab, key in extra if any(_manifest(r).get(key) is not None for r in recs)]
     if not cols and not extra:
         return ""
     rows = []
@@ -412,7 +421,7 @@ def _probe_table(results: dict) -> str:
             if c in ranged and vals.get(f"{c}_min") is not None:
                 cell += f' <span class="small">({fnum(vals.get(f"{c}_min"))}–{fnum(vals.get(f"{c}_max"))})</span>'
             row.append(cell)
-        manifest = (r.get("artifact") or {}).get("manifest") or {}
+        manifest = _manifest(r)
         row += [fnum(manifest.get(key)) for _, key in extra]
         rows.append(row)
     headers = ["candidate", *(esc(PROBE_LABELS.get(c, c.replace(".", " ").replace("_", " ")))
@@ -425,7 +434,7 @@ def _probe_table(results: dict) -> str:
             + table(headers, rows, num_cols=set(range(1, len(headers)))))
 
 
-def _planner_table(results: dict) -> str:
+def _planner_table(results: RunResults) -> str:
     from harness.report import planner_lines
 
     lines = planner_lines(F.records(results))
@@ -439,23 +448,23 @@ def _planner_table(results: dict) -> str:
             + table(headers, body, num_cols=set(range(1, len(headers) - 1))))
 
 
-def _errors(results: dict) -> str:
+def _errors(results: RunResults) -> str:
     rows = []
     for r in F.records(results):
-        if r.get("status") in (None, "ok"):
+        if r.status == "ok":
             continue
-        e = r.get("error") or {}
-        rows.append([esc(F.label_of(r)), esc(e.get("stage")), f"<pre>{esc(e.get('message'))}</pre>",
-                     f"<code>{esc(e.get('log'))}</code>" if e.get("log") else "—"])
+        e = r.error
+        log = e.log if e is not None else None
+        rows.append([esc(F.label_of(r)), esc(e.stage if e is not None else None),
+                     f"<pre>{esc(e.message if e is not None else None)}</pre>",
+                     f"<code>{esc(log)}</code>" if log else "—"])
     if not rows:
         return ""
     return "<h2>Errors</h2>" + table(["candidate", "stage", "message", "log"], rows)
 
 
-def _plan(results: dict) -> str:
-    plan = results.get("plan")
-    if plan is None:
-        return ""
+def _plan(results: RunResults) -> str:
+    plan = results.plan
     try:
         import yaml
 
@@ -465,8 +474,8 @@ def _plan(results: dict) -> str:
     return f"<h2>Plan</h2><pre>{esc(text)}</pre>"
 
 
-def _machine(results: dict) -> str:
-    m = dict(results.get("machine") or {})
+def _machine(results: RunResults) -> str:
+    m = dict(results.machine)
     packages = m.pop("packages", None) or {}
     out = ["<h2>Machine and versions</h2>"]
     if m:
@@ -474,24 +483,27 @@ def _machine(results: dict) -> str:
     if packages:
         out.append("<h3>packages</h3>" + table(["package", "version"],
                                                [[esc(k), esc(v)] for k, v in packages.items()]))
-    env = results.get("environment") or {}
+    env = results.environment
     if env:
         out.append("<h3>environment</h3>" + kv_table(env))
     rows = []
     for r in F.records(results):
-        rt = r.get("runtime") or {}
-        art = r.get("artifact") or {}
-        man = art.get("manifest") or {}
+        rt = r.runtime
+        art = r.artifact
+        man = _manifest(r)
         qv = man.get("versions") or (man.get("key_inputs") or {}).get("versions") or {}
+        art_key = art.key if art is not None else None
         rows.append([esc(F.label_of(r)),
-                     esc(f"{rt.get('name') or '—'} " + compact(rt.get("versions"))),
-                     f"<code>{esc(art.get('key') or '—')}</code>"
+                     esc(f"{(rt.name if rt is not None else None) or '—'} "
+                         + compact(rt.versions if rt is not None else None)),
+                     f"<code>{esc(art_key or '—')}</code>"
                      + (f"<br><span class=small>manifest key {esc(man.get('key'))}</span>"
-                        if man.get("key") and man.get("key") != art.get("key") else ""),
-                     esc(art.get("format") or man.get("format") or "—"),
+                        if man.get("key") and man.get("key") != art_key else ""),
+                     esc((art.format if art is not None else None) or man.get("format") or "—"),
                      esc(compact(qv)) or "—",
-                     esc(man.get("created") or "—") + (" <span class=small>(reused)</span>" if art.get("reused") else ""),
-                     f"<code>{esc(art.get('path'))}</code>" if art.get("path") else "—"])
+                     esc(man.get("created") or "—")
+                     + (" <span class=small>(reused)</span>" if art is not None and art.reused else ""),
+                     f"<code>{esc(art.path)}</code>" if art is not None and art.path else "—"])
     if rows:
         out.append("<h3>records</h3>" + table(["candidate", "runtime versions", "artifact key", "format",
                                                "built with", "created", "path"], rows))
@@ -500,9 +512,9 @@ def _machine(results: dict) -> str:
 
 # ---------------------------------------------------------------- the page
 
-def render_html(results: dict) -> str:
-    plan = results.get("plan") or {}
-    title = f"quantgate: {plan.get('name') or '?'} · {results.get('run_id') or ''}"
+def render_html(results: RunResults) -> str:
+    plan = results.plan
+    title = f"quantgate: {plan.get('name') or '?'} · {results.run_id or ''}"
     parts = [_header(results), _verdict_table(results)]
     if note := unsandboxed_note(results):
         parts.insert(1, f'<p class="warn"><b>{esc(note)}</b></p>')
@@ -526,14 +538,15 @@ def render_html(results: dict) -> str:
     parts += [_fidelity_table(results), _probe_table(results), _planner_table(results), _errors(results), _plan(results),
               _machine(results)]
     body = "\n".join(p for p in parts if p)
+    upgraded = f" (read from {results.upgraded_from})" if results.upgraded_from else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
-            f"<p class=small>schema {esc(results.get('schema'))} · written by quantgate "
-            f"{esc(results.get('quantgate_version'))}</p>\n</body></html>\n")
+            f"<p class=small>schema {esc(results.schema_)}{esc(upgraded)} · written by quantgate "
+            f"{esc(results.quantgate_version)}</p>\n</body></html>\n")
 
 
-def write_html(results: dict, run_dir: Path) -> Path:
+def write_html(results: RunResults, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "report.html"
