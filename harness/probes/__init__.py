@@ -59,7 +59,7 @@ def record_machine(ctx: ProbeContext) -> None:
 class Probe:
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
-    metrics: ClassVar[dict[str, str]] = {}
+    metrics: ClassVar[dict[str, str | None]] = {}
     #: needs a loaded session (runs in the probe process)
     needs_session: ClassVar[bool] = True
     #: probes run in ascending order; memory reads the peaks after the workloads

@@ -79,7 +79,7 @@ class ThroughputProbe(Probe):
     name = "throughput"
     Params = ThroughputParams
     # the names for the default parameters; metric_names(params) gives a plan's own
-    metrics = {n: "higher" for kind in ("prefill_tps", "decode_tps")
+    metrics = {n: "lower" if n.endswith("_std") else "higher" for kind in ("prefill_tps", "decode_tps")
                for n in stat_names(shape_key(kind, 512, 1))}
     order = 40
 

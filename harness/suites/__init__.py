@@ -36,8 +36,8 @@ class Suite:
     Params: ClassVar[type[BaseModel]] = NoParams
     #: bump when items or scoring change: it enters every result's cache key
     version: ClassVar[str] = "1"
-    #: metric name -> "lower" or "higher" (which direction is better)
-    metrics: ClassVar[dict[str, str]] = {}
+    #: metric name -> "lower" or "higher" (which direction is better); None: a count
+    metrics: ClassVar[dict[str, str | None]] = {}
     #: fewest items ``score`` is called with while the runner reports progress: a suite with a
     #: fixed cost per call (lm-eval builds its requests over the whole task) takes big chunks
     min_chunk_items: ClassVar[int] = 1

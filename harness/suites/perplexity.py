@@ -149,7 +149,7 @@ class PerplexitySuite(Suite):
     Params = PerplexityParams
     version = "2"
     metrics = {"ppl": "lower", "nll": "lower", "bits_per_byte": "lower", "byte_perplexity": "lower",
-               "word_perplexity": "lower", "tokens": "higher"}
+               "word_perplexity": "lower", "tokens": None}  # tokens: a count
 
     def context_length(self, params: PerplexityParams) -> int:
         return params.context_length
