@@ -182,9 +182,13 @@ def check_plan(plan: Plan) -> list[str]:
                 f"metrics of this plan's suites and probes: {', '.join(known_metrics) or 'none'}"
             )
         else:
-            why = gate.direction_problem(directions.get(gate.metric))
+            better = directions.get(gate.metric)
+            why = gate.direction_problem(better)
             if why:
-                problems.append(f"{format_path(loc + ('kind',))}: {why}")
+                from harness.gates import kinds_for
+
+                problems.append(f"{format_path(loc + ('kind',))}: {why}; use "
+                                + ", ".join(repr(k) for k in kinds_for(better)) + " for it")
     return problems
 
 

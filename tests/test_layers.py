@@ -84,16 +84,7 @@ ALLOWED: dict[tuple[str, str, str | None], str] = {
 
 #: cycles closed only by function-level imports (a package __init__ and its own modules),
 #: with their owner; each should go (the entry then fails as stale: delete it)
-KNOWN_FUNCTION_LEVEL_CYCLES: dict[frozenset[str], str] = {
-    # owner harness/report/: html.py imports scoring_note/unsandboxed_note/planner_lines from
-    # the package __init__, which imports html lazily in write_reports. Way out: move those
-    # helpers into a leaf module (harness/report/notes.py) that both import.
-    frozenset({"harness.report", "harness.report.html"}): "report/__init__ <-> report/html",
-    # owner harness/gates/: base.kinds_for() looks kinds up in harness.gates.REGISTRY while the
-    # package imports Gate from base. Way out: pass the registry in, or keep kinds_for in
-    # gates/__init__.
-    frozenset({"harness.gates", "harness.gates.base"}): "gates/__init__ <-> gates/base",
-}
+KNOWN_FUNCTION_LEVEL_CYCLES: dict[frozenset[str], str] = {}
 
 
 # ------------------------------------------------------------------ reading the imports

@@ -18,16 +18,13 @@ Pure functions over stored results (``harness.results`` models): ``quantgate gat
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from harness.gates.base import Gate
 from harness.registry import Registry
 from harness.results import Record, RunResults, Verdict
-
-if TYPE_CHECKING:
-    from harness.config import GatePolicy
 
 REGISTRY = Registry(
     "gates",
@@ -50,6 +47,11 @@ PPL_DENOMINATOR = {"ppl": "n_scored", "word_perplexity": "n_words", "byte_perple
 
 def gate_class(kind: str) -> type[Gate]:
     return REGISTRY.get(kind)
+
+
+def kinds_for(better: str) -> list[str]:
+    """The registered gate kinds for a metric that is better when ``better``."""
+    return [k for k in REGISTRY.names() if gate_class(k).requires == better]
 
 
 def gate_from_dict(data: dict[str, Any]) -> Gate:
@@ -170,7 +172,7 @@ def evaluate_gate(gate: Gate, cand: Record, base: Record | None, alpha: float = 
     return Verdict(**out, **_point(gate, value, ref, alpha, metric.stderr), paired=False)
 
 
-def evaluate_policy(policy: GatePolicy, cand: Record, base: Record | None) -> list[Verdict]:
+def evaluate_policy(policy: Any, cand: Record, base: Record | None) -> list[Verdict]:
     return [evaluate_gate(g, cand, base, policy.alpha, policy.min_items) for g in policy.gates]
 
 
@@ -196,8 +198,9 @@ def exit_code(candidate_verdicts: list[str], inconclusive_blocks: bool = True) -
     return 0
 
 
-def decide(results: RunResults, policy: GatePolicy) -> RunResults:
-    """Re-decide every verdict of a run under ``policy`` (no model is loaded). The baseline
+def decide(results: RunResults, policy: Any) -> RunResults:
+    """``policy``: a ``harness.config.GatePolicy`` (not imported here: config builds its gate
+    schema from this package's registry). Re-decide every verdict of a run under ``policy`` (no model is loaded). The baseline
     is held to the absolute gates only."""
     base = results.baseline
     base.verdicts = [evaluate_gate(g, base, base, policy.alpha, policy.min_items)

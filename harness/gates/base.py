@@ -43,8 +43,7 @@ class Gate(BaseModel):
         if better is None or better == self.requires:
             return None
         return (f"gate kind {self.kind!r} bounds a metric where {self.requires} is better, but "
-                f"{self.metric!r} is declared {better}-is-better; use "
-                + ", ".join(repr(k) for k in kinds_for(better)) + " for it")
+                f"{self.metric!r} is declared {better}-is-better")
 
     # ---- deciding
     def threshold(self) -> float:
@@ -80,10 +79,3 @@ class Gate(BaseModel):
 
     def label(self) -> str:
         return f"{self.name}: {self.kind} {fmt(self.threshold())}"
-
-
-def kinds_for(better: str) -> list[str]:
-    """The registered gate kinds for a metric that is better when ``better``."""
-    from harness.gates import REGISTRY
-
-    return [k for k in REGISTRY.names() if REGISTRY.get(k).requires == better]

@@ -1,4 +1,5 @@
-"""Reports of one run: summary.md (for CI step summaries and PR comments) and results.json.
+"""Reports of one run: results.json, summary.md (``harness.report.markdown``) and report.html
+(``harness.report.html``).
 
 Everything here reads the typed results (``harness.results.RunResults``); results.json is
 written from ``RunResults.to_json()`` (schema ``quantgate.results/2``)."""
@@ -10,198 +11,17 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness.results import Metric, Record, RunResults
-
-#: the arrow beside a metric's name: which way is better, as its suite or probe declared it
-#: (none for a metric without a declared direction)
-ARROWS = {"lower": "↓", "higher": "↑"}
-
-
-def _num(m: Metric | None, digits: int = 4) -> str:
-    if m is None or m.value is None:
-        return "—"
-    s = f"{m.value:.{digits}g}"
-    if m.stderr:
-        s += f" ± {m.stderr:.2g}"
-    return s
-
-
-def metric_better(recs: list[Record], name: str) -> str | None:
-    """The direction ("higher" | "lower") the records' metric ``name`` declares, or None."""
-    for r in recs:
-        m = r.metrics.get(name)
-        if m is not None and m.better is not None:
-            return m.better
-    return None
-
-
-def _named(name: str, better: str | None) -> str:
-    return f"{name} {ARROWS[better]}" if better in ARROWS else name
-
-
-def scoring_note(meta: dict) -> str:
-    """Which tokens a window suite scored (perplexity, fidelity), from the suite's meta; '' for
-    other suites. Said in every report because llama-perplexity scores only each window's
-    second half, and the two figures differ (36.6 vs 29.7 on the smoke plan's windows)."""
-    if not meta or meta.get("unit", "window") != "window" or "windows" not in meta:
-        return ""
-    which = {"second_half": "the second half of each window, as llama-perplexity scores",
-             "all": "every token after the first of each window"}.get(meta.get("scored_tokens", "all"), "?")
-    return f"{meta['windows']} windows of {meta.get('context_length')} tokens; scored: {which}."
-
-
-def unsandboxed_suites(results: RunResults) -> list[str]:
-    """Suites whose model-written code ran outside the bwrap sandbox (``sandbox: guard-only``),
-    from the suite meta or the per-item records; every report says so."""
-    out: list[str] = []
-    for r in results.records():
-        for sid, entry in r.suites.items():
-            marks = [str(entry.meta.get("sandbox", ""))]
-            marks += [str(rec.get("sandbox", "")) for rec in entry.records if isinstance(rec, dict)]
-            if any("UNSANDBOXED" in m for m in marks) and sid not in out:
-                out.append(sid)
-    return out
-
-
-def unsandboxed_note(results: RunResults) -> str:
-    suites = unsandboxed_suites(results)
-    if not suites:
-        return ""
-    return (f"UNSANDBOXED: model-written code in suite {', '.join(suites)} ran under the in-process "
-            "guard only (`sandbox: guard-only`), not in the bubblewrap sandbox.")
-
-
-def summary_markdown(results: RunResults) -> str:
-    recs = results.records()
-    metric_names: list[str] = []
-    for r in recs:
-        for k in r.metrics:
-            if k not in metric_names:
-                metric_names.append(k)
-    gated = [g["metric"] for g in results.policy.get("gates") or []]
-    shown = [m for m in metric_names if m in gated] + [
-        m for m in metric_names if m not in gated and m.split(".")[-1] in ("ppl", "tokens_per_s", "peak_rss_gib", "seconds")]
-    lines = [f"# quantgate: {results.plan.get('name')}", "",
-             f"Run `{results.run_id}` · policy `{results.policy.get('name', 'inline')}` · "
-             f"exit code **{results.exit_code}**", "",
-             *([f"**{note}**", ""] if (note := unsandboxed_note(results)) else []),
-             "| candidate | method | runtime | verdict | "
-             + " | ".join(_named(m, metric_better(recs, m)) for m in shown) + " | reason |",
-             "|---|---|---|---|" + "---|" * len(shown) + "---|"]
-    for r in recs:
-        q = r.quantizer or {}
-        method = q.get("method", "")
-        params = q.get("params") or {}
-        if params.get("type") or params.get("scheme"):
-            method += f" {params.get('type') or params.get('scheme')}"
-        manifest = r.artifact.manifest if r.artifact is not None else {}
-        if "emulated" in (manifest.get("note") or ""):
-            method += " (emulated: speed figures do not reflect FP4 hardware)"
-        runtime = (r.runtime.name if r.runtime is not None else "") or ""
-        verdict = r.verdict if r.role == "candidate" else f"baseline ({r.verdict})"
-        if r.status != "ok":
-            reason = f"{r.error.stage}: {r.error.message}" if r.error is not None else "failed"
-        else:
-            reason = "; ".join(v.reason for v in r.verdicts if v.verdict != "PASS") or "all gates pass"
-        cells = [_num(r.metrics.get(m)) for m in shown]
-        lines.append(f"| {r.name} | {method} | {runtime} | {verdict} | " + " | ".join(cells) +
-                     f" | {reason.replace('|', '/')} |")
-    notes = []
-    for spec in results.plan.get("suites") or []:
-        sid = spec.get("name") or spec.get("suite")
-        meta = next((entry.meta for r in recs if (entry := r.suites.get(sid)) is not None and entry.meta), {})
-        if note := scoring_note(meta):
-            notes.append(f"- `{sid}`: {note}")
-    if notes:
-        lines += ["", "Window suites:", "", *notes]
-    lines += ["", "## Approved list", ""]
-    lines += [f"- {n}" for n in results.approved] or ["(no candidate passed every gate)"]
-    lines += ["", "## Gates", ""]
-    for r in results.candidates:
-        for v in r.verdicts:
-            lines.append(f"- **{r.name}** `{v.gate}`: {v.verdict} — {v.reason}")
-    lines += probe_lines(recs) + planner_lines(recs)
-    # every metric, one row each (suites and probes), candidates as columns
-    lines += ["", "## All metrics", "", "| metric | " + " | ".join(r.name for r in recs) + " |",
-              "|---|" + "---|" * len(recs)]
-    for name in metric_names:
-        lines.append(f"| {_named(name, metric_better(recs, name))} | "
-                     + " | ".join(_num(r.metrics.get(name)) for r in recs) + " |")
-    m = results.machine
-    lines += ["", f"Machine: {m.get('cpu', '?')}, {m.get('cpus_usable', '?')} CPUs, {m.get('memory_gib', '?')} GiB; "
-              f"wall time {results.wall_seconds} s.", ""]
-    return "\n".join(lines)
-
-
-def _fmt(v, digits: int = 4) -> str:
-    return "—" if v is None else f"{v:.{digits}g}"
-
-
-def _with_range(figs: dict, key: str) -> str:
-    if figs.get(key) is None:
-        return "—"
-    s = _fmt(figs[key])
-    if figs.get(f"{key}_min") is not None and figs.get(f"{key}_max") is not None:
-        s += f" ({_fmt(figs[key + '_min'], 3)}–{_fmt(figs[key + '_max'], 3)})"
-    elif figs.get(f"{key}_std") is not None:  # the bench probe: mean ± std, as llama-bench prints
-        s += f" ± {_fmt(figs[key + '_std'], 2)}"
-    return s
-
-
-def probe_lines(recs: list[Record]) -> list[str]:
-    """Speed and memory: one row per figure, candidates as columns (a plan's probes give many
-    figures and few candidates), medians with min–max over the repetitions."""
-    rows: list[tuple[str, str]] = []  # (probe, metric)
-    keep = {"memory": ("peak_rss_gib", "model_rss_gib", "peak_vram_gib", "torch_max_reserved_gib"),
-            "roofline": ("pct_of_peak", "achieved_gbps"), "size": ("gib",)}
-    for r in recs:
-        for probe, figs in r.probes.items():
-            for k in figs:
-                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in rows:
-                    continue
-                if probe in keep and k not in keep[probe]:
-                    continue
-                rows.append((probe, k))
-    if not rows:
-        return []
-    out = ["", "## Speed and memory", "",
-           "Medians over the probe's repetitions, (min–max) beside them; measured in a process of its "
-           "own per candidate. tps = tokens/s; pP_bB = prompt tokens, batch; cC = concurrency. The bench "
-           "probe's figures are llama-bench's: tokens/s, mean ± standard deviation; pp = prompt processing, "
-           "tg = generation, @dD = after D tokens of context.", "",
-           "| probe | figure | " + " | ".join(r.name for r in recs) + " |", "|---|---|" + "---|" * len(recs)]
-    for probe, k in rows:
-        out.append(f"| {probe} | {k} | " + " | ".join(_with_range(r.probes.get(probe) or {}, k)
-                                                   for r in recs) + " |")
-    return out
-
-
-def planner_lines(recs: list[Record]) -> list[str]:
-    """The memory-fit planner's prediction beside the measurement, with its error."""
-    rows = [r for r in recs if isinstance(r.planner, dict)]
-    if not rows:
-        return []
-    out = ["", "## Memory plan vs measured", "",
-           "Predicted by `quantgate plan-memory`'s model: weights against the artifact's size; the "
-           "probe process's model memory (weights as the runtime holds them + KV cache + buffers, for the "
-           "workload the probes ran) against the memory probe's `model_rss_gib` (peak RSS less the RSS "
-           "before loading; on a GPU, the process's peak VRAM). Error = (predicted − measured) / measured.", "",
-           "| candidate | weights GiB | size GiB | error | probe predicted GiB | measured GiB | error | "
-           "predicted total GiB (GPU, suites' context) | note |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        p = r.planner
-        if p.get("error"):
-            out.append(f"| {r.name} | — | — | — | — | — | — | — | {p['error']} |")
-            continue
-        size = r.value("size.gib")
-        pp = p.get("probe_prediction") or {}
-        pct = lambda v: "—" if v is None else f"{v:+.1f}%"  # noqa: E731
-        note = "; ".join(x for x in (pp.get("weights_as"), pp.get("workload")) if x)
-        out.append(f"| {r.name} | {_fmt(p.get('weights_gib'))} | {_fmt(size)} | {pct(p.get('weights_error_pct'))} | "
-                   f"{_fmt(p.get('probe_predicted_gib'))} | {_fmt(p.get('probe_measured_gib'))} | "
-                   f"{pct(p.get('probe_error_pct'))} | {_fmt(p.get('total_gib'))} | {note.replace('|', '/')} |")
-    return out
+from harness.report.markdown import (  # noqa: F401  (the package's public names)
+    ARROWS,
+    metric_better,
+    planner_lines,
+    probe_lines,
+    scoring_note,
+    summary_markdown,
+    unsandboxed_note,
+    unsandboxed_suites,
+)
+from harness.results import RunResults
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

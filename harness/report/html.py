@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.report import ARROWS, scoring_note, unsandboxed_note
 from harness.report import figures as F
+from harness.report.markdown import ARROWS, scoring_note, unsandboxed_note
 from harness.results import Record, RunResults, Verdict
 
 VERDICT_CSS = {"PASS": "pass", "FAIL": "fail", "INCONCLUSIVE": "inconclusive", "ERROR": "error"}
@@ -435,7 +435,7 @@ def _probe_table(results: RunResults) -> str:
 
 
 def _planner_table(results: RunResults) -> str:
-    from harness.report import planner_lines
+    from harness.report.markdown import planner_lines
 
     lines = planner_lines(F.records(results))
     if not lines:
