@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_cli
 
@@ -14,10 +15,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_runs(qg_home, tmp_path_factory):
+    """The smoke plan cold, as documented (real llama.cpp, real MLflow), then a warm run that
+    only checks reuse: the same plan with the size probe alone (the speed and memory probes
+    load every model again and are measured afresh on every run) and no tracking, so it loads
+    no model. Reuse in general is tested on the fake model (test_fake_adapters.py); this run
+    checks that the real adapters' keys (embedded baseline, gguf quantizer, llama-cpp runtime)
+    come out the same in a new process."""
     reports = tmp_path_factory.mktemp("reports")
-    cold = run_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--reports-dir", str(reports))
-    warm = run_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--reports-dir", str(reports))
-    runs = sorted(p for p in reports.iterdir() if p.is_dir())
+    cold = run_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--reports-dir", str(reports / "cold"))
+    plan = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    plan["probes"] = {"size": {}}  # the size gate still decides
+    plan["gates"] = str(ROOT / "gates" / "smoke.yaml")
+    warm_plan = reports / "smoke-warm.yaml"
+    warm_plan.write_text(yaml.safe_dump(plan, sort_keys=False))
+    warm = run_cli("run", str(warm_plan), "--reports-dir", str(reports / "warm"), "--no-tracking")
+    runs = [next((reports / name).iterdir()) for name in ("cold", "warm")]
     return cold, warm, runs
 
 
@@ -111,14 +123,22 @@ def test_mlflow_runs_queried_back(smoke_runs):
 
 def test_second_run_reuses_artifacts_and_results(smoke_runs):
     cold, warm, runs = smoke_runs
-    assert warm.returncode == 1
+    assert warm.returncode == 1, warm.stdout[-3000:] + warm.stderr[-3000:]
     assert warm.stdout.count("reused from the store") == 3
+    assert "producing artifact" not in warm.stdout and "scoring" not in warm.stdout  # no model work
     a, b = _results(runs[0]), _results(runs[1])
+    assert b["store_integrity"] == []
+    assert b["baseline"]["artifact"]["key"] == a["baseline"]["artifact"]["key"]
+    assert b["baseline"]["suites"]["wikitext2"]["reused"] is True
     for ca, cb in zip(a["candidates"], b["candidates"], strict=True):
         assert cb["artifact"]["reused"] is True
         assert cb["suites"]["wikitext2"]["reused"] is True
         assert ca["artifact"]["key"] == cb["artifact"]["key"]
+        assert ca["suites"]["wikitext2"]["result_key"] == cb["suites"]["wikitext2"]["result_key"]
         assert ca["metrics"]["wikitext2.ppl"] == cb["metrics"]["wikitext2.ppl"]
+        assert ca["metrics"]["size.bytes"] == cb["metrics"]["size.bytes"]
+        assert ca["verdict"] == cb["verdict"]
+    assert b["approved"] == a["approved"] == ["q8_0", "q4_k_m"]
 
 
 def test_gate_and_compare_commands_redecide_a_stored_run(smoke_runs, tmp_path):
@@ -137,7 +157,7 @@ def test_gate_and_compare_commands_redecide_a_stored_run(smoke_runs, tmp_path):
     g2 = run_cli("gate", str(run_dir / "results.json"), "--policy", str(lenient), env=env)
     assert g2.returncode == 0 and "approved: q8_0, q4_k_m, q2_k" in g2.stdout
     c = run_cli("compare", str(run_dir), str(tmp_path / "regated"), env=env)
-    assert c.returncode == 0 and "| q2_k | wikitext2.ppl |" in c.stdout
+    assert c.returncode == 0 and "| q2_k | wikitext2.ppl ↓ |" in c.stdout  # lower is better
     bad = run_cli("gate", str(tmp_path / "nowhere"), env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
