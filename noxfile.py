@@ -29,9 +29,20 @@ def _env() -> dict[str, str]:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests, then the real model end to end (pass -m 'not slow' to skip those)."""
+    """The test suite: unit tests, the pipeline on the fake model, then the real model end to
+    end for what only real models show (pass -m 'not slow' to skip those). The long real-model
+    runs (marker `heavy`) are left to `nox -s heavy`, unless -m says otherwise."""
     session.install("-e", ".[all,dev]")
-    session.run("pytest", *session.posargs, env=_env())
+    marks = [] if any(a == "-m" or a.startswith("-m") for a in session.posargs) else ["-m", "not heavy"]
+    session.run("pytest", *marks, *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
+def heavy(session: nox.Session) -> None:
+    """The long real-model tests (marker `heavy`: the rest of the quantizer matrix, AWQ,
+    SmoothQuant, i-quants, FP4 emulation): tens of minutes on 2 cores. CI runs it after tests."""
+    session.install("-e", ".[all,dev]")
+    session.run("pytest", "-m", "heavy", *session.posargs, env=_env())
 
 
 @nox.session(python=PYTHON)

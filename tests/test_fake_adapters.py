@@ -144,23 +144,10 @@ def test_quantizer_fails_on_purpose(baseline_file, tmp_path):
 
 # ------------------------------------------------------------- the whole pipeline
 def _quantgate(*args: str, home: Path) -> subprocess.CompletedProcess:
-    """``quantgate ARGS`` in a fresh interpreter. Until ``harness.validate.check_baseline_model``
-    accepts ``fake:<name>`` baselines itself, the run goes through the same CLI with that one
-    check extended by ``harness.runtimes.fake.check_model``."""
-    from harness.validate import check_baseline_model
-
-    if check_baseline_model("fake:tiny") is None:
-        cmd = [sys.executable, "-m", "harness", *args]
-    else:
-        cmd = [sys.executable, "-c",
-               "import sys, harness.validate as v\n"
-               "from harness.runtimes import fake\n"
-               "orig = v.check_baseline_model\n"
-               "v.check_baseline_model = lambda m: fake.check_model(m) if m.startswith('fake:') else orig(m)\n"
-               "from harness.cli import main\n"
-               "sys.exit(main(sys.argv[1:]))\n", *args]
+    """``quantgate ARGS`` in a fresh interpreter, on its own store."""
     env = {**os.environ, "QUANTGATE_HOME": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 def _fast_plan(folder: Path, extra_candidates: list[dict] | None = None, probes: bool = True) -> Path:
@@ -245,3 +232,37 @@ def test_failing_quantizers_are_error_records(fake_runs):
     assert recs["fails-load"]["error"]["stage"] == "evaluate"
     assert "unloadable on purpose" in recs["fails-load"]["error"]["message"]
     assert recs["q4"]["artifact"]["reused"] is True  # the others went on, from the store
+
+
+def test_killed_quantization_is_not_reused(tmp_path):
+    """SIGKILL the run while a quantization is writing its artifact: nothing half-made is taken
+    for an artifact, and the next run builds it again."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    plan = yaml.safe_load(_fast_plan(tmp_path, probes=False).read_text())
+    plan["candidates"] = [{"name": "slow", "runtime": {"name": "fake"},
+                           "quantizer": {"method": "fake", "params": {"bits": 4, "delay_seconds": 4}}}]
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    env = {**os.environ, "QUANTGATE_HOME": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--reports-dir", str(tmp_path / "r"),
+                             "--no-tracking"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    artifacts = home / "artifacts"
+    # the worker has written its file into the scratch folder and sleeps (delay_seconds)
+    while not any(artifacts.glob(".tmp-*/*.npz")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert any(artifacts.glob(".tmp-*/*.npz")), "the quantization never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(artifacts.glob("*/manifest.json"))  # nothing published
+    # the same plan again (the same artifact key) builds it, never takes the scratch folder for it
+    again = _quantgate("run", str(path), "--no-tracking", "--reports-dir", str(tmp_path / "r2"), home=home)
+    res = _results(again.stdout)
+    assert res["candidates"][0]["status"] == "ok", res["candidates"][0]["error"]
+    assert res["candidates"][0]["artifact"]["reused"] is False
+    assert "reused from the store" not in again.stdout
+    assert len(list(artifacts.glob("*/manifest.json"))) == 1

@@ -46,6 +46,8 @@ class FakeQuantParams(BaseModel):
     fail: Literal["quantize", "crash", "load"] | None = Field(
         None, description="test tool: fail on purpose (quantize: raise; crash: the worker dies; load: an "
                           "artifact the runtime refuses)")
+    delay_seconds: float = Field(0.0, ge=0, le=600, description="test tool: sleep after writing the file "
+                                 "into the scratch folder (a long quantization to interrupt)")
 
 
 def perturb(arrays: dict, noise: float, seed: int) -> dict:
@@ -95,4 +97,8 @@ class FakeQuantizer(Quantizer):
             meta["unloadable"] = "written unloadable on purpose (fake quantizer, fail: load)"
         entry = f"model-{quant_type}" + (f"-noise{params.noise:g}" if params.noise else "") + ".npz"
         info = fake.write_model(ctx.out_dir / entry, arrays, meta, bits=params.bits)
+        if params.delay_seconds:
+            import time
+
+            time.sleep(params.delay_seconds)
         return {"entry": entry, "quant_type": quant_type, "noise": params.noise, **info}
