@@ -34,7 +34,8 @@ def tests(session: nox.Session) -> None:
     runs (marker `heavy`) are left to `nox -s heavy`, unless -m says otherwise."""
     session.install("-e", ".[all,dev]")
     marks = [] if any(a == "-m" or a.startswith("-m") for a in session.posargs) else ["-m", "not heavy"]
-    session.run("pytest", *marks, *session.posargs, env=_env())
+    # the slowest tests in the log: where the minutes go, for whoever trims next
+    session.run("pytest", *marks, "--durations=25", *session.posargs, env=_env())
 
 
 @nox.session(python=PYTHON)

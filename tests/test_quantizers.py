@@ -43,13 +43,15 @@ def _run(plan: dict, tmp_path, name="plan.yaml", *extra):
     return proc, json.loads((run_dir / "results.json").read_text()), run_dir
 
 
-# one candidate per quantizer family, in `nox -s tests`: GGUF K-quants (q8_0, q4_k_m, q2_k),
-# llm-compressor RTN and GPTQ (the quality order GPTQ <= RTN), FP8
-CORE = ["gguf-q8_0", "gguf-q4_k_m", "gguf-q2_k", "w4a16-rtn-g64", "w4a16-gptq-g64", "fp8-dynamic"]
-# the rest of the matrix (`heavy`: `nox -s heavy`, run by CI after `nox -s tests`): the legacy and
-# i-quant GGUF paths (importance matrix), W8A16, AWQ, SmoothQuant, emulated FP4. AWQ's search
+# in `nox -s tests`: llm-compressor's RTN and GPTQ (W4A16 on transformers), the quality order
+# GPTQ <= RTN. The GGUF K-quants' order (F16 < Q8_0 < Q4_K_M < Q2_K) is the smoke test's
+# (tests/test_smoke_e2e.py).
+CORE = ["w4a16-rtn-g64", "w4a16-gptq-g64"]
+# the rest of the matrix (`heavy`: `nox -s heavy`, run by CI after `nox -s tests`): GGUF legacy,
+# K- and i-quants (importance matrix), W8A16, AWQ, SmoothQuant, FP8, emulated FP4. AWQ's search
 # and SmoothQuant alone take minutes on 2 cores.
-HEAVY = ["gguf-q4_0", "gguf-iq4_xs", "w8a16-rtn", "w4a16-awq-g64", "w8a8-int8-smoothquant", "nvfp4-emulated"]
+HEAVY = ["gguf-q8_0", "gguf-q4_k_m", "gguf-q2_k", "gguf-q4_0", "gguf-iq4_xs", "w8a16-rtn", "w4a16-awq-g64",
+         "fp8-dynamic", "w8a8-int8-smoothquant", "nvfp4-emulated"]
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +87,13 @@ def _builds_loads_and_scores(res, names):
 def test_every_core_method_builds_loads_and_scores(all_methods):
     res = all_methods[1]
     _builds_loads_and_scores(res, CORE)
-    runtimes = {c["name"]: c["runtime"]["name"] for c in res["candidates"]}
-    assert runtimes["gguf-q4_k_m"] == "llama-cpp" and runtimes["w4a16-gptq-g64"] == "transformers"
+    assert {c["name"]: c["runtime"]["name"] for c in res["candidates"]}["w4a16-gptq-g64"] == "transformers"
 
 
-def test_eight_bit_within_two_percent_and_lower_bits_worse(all_methods):
+def test_four_bit_worse_than_the_baseline_and_gptq_no_worse_than_rtn(all_methods):
     ppl = _ppl(all_methods[1])
-    assert abs(ppl["gguf-q8_0"] / ppl["f16"] - 1) < 0.02, ppl
-    for lower in ("gguf-q4_k_m", "gguf-q2_k"):
-        assert ppl[lower] > ppl["gguf-q8_0"], (lower, ppl)
-    assert ppl["gguf-q2_k"] > ppl["gguf-q4_k_m"], ppl
     for four in ("w4a16-rtn-g64", "w4a16-gptq-g64"):
         assert ppl[four] > ppl["f16"], (four, ppl)
-
-
-def test_gptq_no_worse_than_rtn(all_methods):
-    ppl = _ppl(all_methods[1])
     assert ppl["w4a16-gptq-g64"] <= ppl["w4a16-rtn-g64"], ppl
 
 
@@ -119,7 +112,7 @@ def test_manifests_describe_each_artifact(all_methods):
     res = all_methods[1]
     _manifests_describe_each_artifact(res)
     man = {c["name"]: c["artifact"]["manifest"] for c in res["candidates"]}
-    assert man["w4a16-gptq-g64"]["bits_per_weight"] < man["fp8-dynamic"]["bits_per_weight"]
+    assert man["w4a16-gptq-g64"]["calibration"]["samples"] == 8 and man["w4a16-rtn-g64"]["calibration"] is None
 
 
 def _planner_predicts(res, preds):
@@ -137,7 +130,7 @@ def _planner_predicts(res, preds):
 
 def test_planner_predicts_each_artifact(all_methods):
     """The memory-fit planner, from the config and the recipe alone, against the real files."""
-    _planner_predicts(all_methods[1], {"w4a16-gptq-g64": "W4A16", "fp8-dynamic": "FP8"})
+    _planner_predicts(all_methods[1], {"w4a16-gptq-g64": "W4A16"})
 
 
 # ------------------------------------------------------------------ the rest of the matrix
@@ -152,9 +145,10 @@ def test_every_method_builds_loads_and_scores(heavy_methods):
 @pytest.mark.heavy
 def test_heavy_eight_bit_within_two_percent_and_four_bit_worse(heavy_methods):
     ppl = _ppl(heavy_methods[1])
-    assert abs(ppl["w8a16-rtn"] / ppl["f16"] - 1) < 0.02, ppl
-    for four in ("gguf-q4_0", "gguf-iq4_xs"):
-        assert ppl[four] > ppl["gguf-q8_0"], (four, ppl)
+    for eight in ("gguf-q8_0", "w8a16-rtn"):
+        assert abs(ppl[eight] / ppl["f16"] - 1) < 0.02, (eight, ppl)
+    for lower in ("gguf-q4_k_m", "gguf-q4_0", "gguf-iq4_xs", "gguf-q2_k"):
+        assert ppl[lower] > ppl["gguf-q8_0"], (lower, ppl)
     for four in ("w4a16-rtn-g64", "w4a16-gptq-g64", "w4a16-awq-g64"):
         assert ppl[four] > ppl["w8a16-rtn"], (four, ppl)
 
@@ -178,12 +172,12 @@ def test_heavy_manifests_and_report(heavy_methods):
     summary = (heavy_methods[2] / "summary.md").read_text()
     row = next(ln for ln in summary.splitlines() if ln.startswith("| nvfp4-emulated |"))
     assert "emulated" in row
-    _planner_predicts(res, {"w8a16-rtn": "W8A16"})
+    _planner_predicts(res, {"w8a16-rtn": "W8A16", "fp8-dynamic": "FP8"})
 
 
 def test_rerun_hits_the_cache(all_methods):
     tmp = all_methods[3]
-    proc, res, _ = _run(_small_plan(["gguf-q4_k_m", "w4a16-gptq-g64"]), tmp, "again.yaml")
+    proc, res, _ = _run(_small_plan(CORE), tmp, "again.yaml")
     assert proc.stdout.count("reused from the store") == 2, proc.stdout
     assert all(c["artifact"]["reused"] and c["suites"]["wikitext2"]["reused"] for c in res["candidates"])
     first = {c["name"]: c["artifact"]["key"] for c in all_methods[1]["candidates"]}
