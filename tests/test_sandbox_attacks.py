@@ -246,8 +246,24 @@ class Scene:
 
     def run_driver(self, limit: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
         cmd, env = self.driver_command(str(self.config_path), str(self.out_path))
-        r = subprocess.run(cmd, env=env, cwd=str(self.who.project), capture_output=True, text=True,
-                           timeout=limit, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=str(self.who.project), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # Without a boundary (the negative control) the ptrace attack can attach to the driver and
+        # leave it stopped when the attacker exits; keep the driver's group running.
+        done = threading.Event()
+
+        def keep_running() -> None:
+            while not done.wait(1.0):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGCONT)
+
+        watchdog = threading.Thread(target=keep_running, daemon=True)
+        watchdog.start()
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        finally:
+            done.set()
+        r = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         out = json.loads(self.out_path.read_text()) if self.out_path.exists() else {}
         return r, out
 
