@@ -139,7 +139,6 @@ def test_every_method_builds_loads_and_scores(heavy_methods):
     res = heavy_methods[1]
     _builds_loads_and_scores(res, CORE + HEAVY)
     assert {c["name"]: c["runtime"]["name"] for c in res["candidates"]}["gguf-iq4_xs"] == "llama-cpp"
-    assert all(c["artifact"]["reused"] for c in res["candidates"] if c["name"] in CORE)
 
 
 @pytest.mark.heavy
