@@ -302,9 +302,10 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
     versions = runtime.versions()
     rec.runtime = RuntimeInfo(name=runtime.name, params=runtime.describe(rparams), versions=versions)
     artifact = rec.artifact
+    adapters = {spec.id: suite_and_params(spec) for spec in suites}
     jobs, result_keys = [], {}
     for spec in suites:
-        suite, sparams = suite_and_params(spec)
+        suite, sparams = adapters[spec.id]
         entry = items.get(spec.id)
         if entry is None:
             raise RuntimeError(f"suite {spec.id}: the baseline produced no items to score")
@@ -346,7 +347,7 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             rate = f" ({n / s:.3g} items/s)" if s else ""
             env.progress.step_finished(rec.name, job["id"], "ok", f"{n} items in {s:.1f} s{rate}")
     for spec in suites:
-        suite, sparams = suite_and_params(spec)
+        suite, sparams = adapters[spec.id]
         result, entry = rec.suites[spec.id], items[spec.id]
         result.meta, result.items_key = entry.meta, entry.key
         result.metrics = {m: Metric(**{"better": suite.metrics.get(m), **v})

@@ -256,6 +256,15 @@ def test_plain_progress_one_line_per_finished_step():
     assert buf.getvalue().splitlines()[3].startswith("[Q4_K_M] mmlu: ok, 100 items in ")
 
 
+def _in_threads(work, n: int) -> None:
+    """``work(i)`` for i in range(n), each in its own thread, all at once."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_plain_progress_from_threads():
     buf = io.StringIO()
     p = PlainProgress(buf)
@@ -266,11 +275,7 @@ def test_plain_progress_from_threads():
             p.step_advanced(f"c{i}", "mmlu", d + 1)
         p.step_finished(f"c{i}", "mmlu")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, 8)
     lines = buf.getvalue().splitlines()
     assert sorted(line.split("]")[0] for line in lines) == sorted(f"[c{i}" for i in range(8))
     assert all(": ok, 50 items in " in line for line in lines)
@@ -317,10 +322,6 @@ def test_rich_progress_from_threads():
             p.step_advanced(f"c{i}", "evaluate", d + 1)
         p.step_finished(f"c{i}", "evaluate")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, 4)
     p.close()
     assert all(f"[c{i}] evaluate: ok, 200 items" in buf.getvalue() for i in range(4))
