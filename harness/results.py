@@ -109,6 +109,8 @@ class SuiteResult(_Model):
     load_info: dict[str, Any] = Field(default_factory=dict)
     result_key: str
     reused: bool = False
+    #: items scored by an earlier, interrupted attempt and read back from its journal
+    resumed_items: int = 0
     meta: dict[str, Any] = Field(default_factory=dict)
     items_key: str | None = None
     metrics: dict[str, Metric] = Field(default_factory=dict)

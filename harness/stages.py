@@ -131,18 +131,24 @@ def _write_progress(path: str | None, job_id: str, done: int, total: int) -> Non
 
 
 def evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str, jobs: list[dict],
-                    preload: tuple[str, ...] = (), progress_path: str | None = None) -> dict:
-    """Score every job's items on one loaded session; prepare items where a job has none.
-    Items are scored in chunks, and after each the count done is appended to ``progress_path``
-    (the parent shows it). ``preload``: the runtime's libraries, imported before harness's
-    suites and runtimes (see ``harness.probes.runner.probe_worker``: a CUDA llama.cpp build
-    segfaults after numpy)."""
+                    preload: tuple[str, ...] = (), progress_path: str | None = None,
+                    store_root: str | None = None) -> dict:
+    """Score every job's items on one loaded session; prepare items where a job has none (and
+    store them at once, so an interrupted baseline resumes on the same items). Items are scored
+    in chunks; each chunk's records go to the job's journal (``harness.journal``) before the
+    next starts, and items the journal already holds are skipped: a killed worker loses at most
+    one chunk. After each chunk the count done is appended to ``progress_path`` (the parent
+    shows it). ``preload``: the runtime's libraries, imported before harness's suites and
+    runtimes (see ``harness.probes.runner.probe_worker``: a CUDA llama.cpp build segfaults
+    after numpy)."""
     import importlib
 
     for module in preload:
         importlib.import_module(module)
+    from harness.journal import ItemJournal, journal_path
     from harness.suites import REGISTRY
 
+    store = Store(Path(store_root) if store_root else None)
     n_ctx = max(j["context_length"] for j in jobs)
     session = _load_session(runtime_name, runtime_params, artifact_path, n_ctx)
     out = {}
@@ -155,14 +161,20 @@ def evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str,
             if items is None:
                 prepared = suite.prepare(params, session)
                 items = prepared["items"]
+                store.put_result(job["items_key"], prepared)
+            journal = ItemJournal(journal_path(store.root, job["result_key"]))
+            todo = [it for it in items if not journal.done(it["id"])]
+            resumed = len(items) - len(todo)
+            if resumed or journal.dropped:
+                print(f"{job['id']}: {resumed} of {len(items)} items from the journal {journal.path}"
+                      + (f" ({journal.dropped} torn lines dropped)" if journal.dropped else ""), flush=True)
             t0 = time.perf_counter()
             size = max(1, suite.min_chunk_items, -(-len(items) // PROGRESS_CHUNKS))
-            records: list[dict] = []
-            _write_progress(progress_path, job["id"], 0, len(items))
-            for start in range(0, len(items), size):
-                records += suite.score(session, items[start:start + size], params)
-                _write_progress(progress_path, job["id"], len(records), len(items))
-            out[job["id"]] = {"prepared": prepared, "records": records,
+            _write_progress(progress_path, job["id"], resumed, len(items))
+            for start in range(0, len(todo), size):
+                journal.append(suite.score(session, todo[start:start + size], params))
+                _write_progress(progress_path, job["id"], resumed + min(start + size, len(todo)), len(items))
+            out[job["id"]] = {"prepared": prepared, "records": journal.ordered(items), "resumed_items": resumed,
                               "seconds": round(time.perf_counter() - t0, 3), "load_info": session.info()}
     finally:
         session.close()
@@ -295,6 +307,8 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
     """Every suite on ``rec``'s artifact: stored results are reused (by content key), the rest
     scored in one worker. Items a suite has not prepared yet (the baseline's first run) are
     prepared there and stored; ``items`` is updated in place."""
+    from harness.journal import journal_path
+
     runtime, rparams = runtime_and_params(runtime_spec)
     why = runtime.unavailable()
     if why:
@@ -320,14 +334,15 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             env.progress.step_finished(rec.name, spec.id, "reused", f"{len(cached['records'])} items from the store")
             continue
         jobs.append({"id": spec.id, "suite": suite.name, "params": sparams.model_dump(),
-                     "context_length": suite.context_length(sparams), "items": entry.items})
+                     "context_length": suite.context_length(sparams), "items": entry.items,
+                     "items_key": entry.key, "result_key": result_keys[spec.id]})
     if jobs:
         env.progress.log(f"  [{rec.name}] scoring {', '.join(j['id'] for j in jobs)} on {runtime.name}")
         watch = _ProgressFile(env.logs_dir / f"{rec.name}-evaluate.progress.jsonl", rec.name, env.progress)
         try:
             out = env.call(evaluate_worker, runtime.name, rparams.model_dump(), artifact.path, jobs,
                            log_name=f"{rec.name}-evaluate", preload=tuple(runtime.import_modules),
-                           progress_path=str(watch.path), on_poll=watch.poll)
+                           progress_path=str(watch.path), store_root=str(store.root), on_poll=watch.poll)
         except Exception as exc:
             watch.poll()
             for job in jobs:
@@ -337,15 +352,18 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
         for job in jobs:
             res = out[job["id"]]
             entry = items[job["id"]]
-            if res["prepared"] is not None:
-                store.put_result(entry.key, res["prepared"])
+            if res["prepared"] is not None:  # stored by the worker already
                 entry.items, entry.meta = res["prepared"]["items"], res["prepared"].get("meta") or {}
             stored = {"records": res["records"], "seconds": res["seconds"], "load_info": res["load_info"]}
             store.put_result(result_keys[job["id"]], stored)
-            rec.suites[job["id"]] = SuiteResult(**stored, result_key=result_keys[job["id"]], reused=False)
-            n, s = len(res["records"]), res["seconds"]
+            journal_path(store.root, result_keys[job["id"]]).unlink(missing_ok=True)  # the result holds it now
+            resumed = res["resumed_items"]
+            rec.suites[job["id"]] = SuiteResult(**stored, result_key=result_keys[job["id"]], reused=False,
+                                                resumed_items=resumed)
+            n, s = len(res["records"]) - resumed, res["seconds"]
             rate = f" ({n / s:.3g} items/s)" if s else ""
-            env.progress.step_finished(rec.name, job["id"], "ok", f"{n} items in {s:.1f} s{rate}")
+            kept = f", {resumed} from the journal" if resumed else ""
+            env.progress.step_finished(rec.name, job["id"], "ok", f"{n} items in {s:.1f} s{rate}{kept}")
     for spec in suites:
         suite, sparams = adapters[spec.id]
         result, entry = rec.suites[spec.id], items[spec.id]

@@ -505,6 +505,9 @@ class FakeParams(BaseModel):
     decode_delay_ms: float = Field(0.0, ge=0, description=(
         "sleep per decoded token in the speed probes' timed decoding (greedy_decode*, not the suites' generate): "
         "a slower runtime on demand"))
+    score_delay_ms: float = Field(0.0, ge=0, description=(
+        "sleep per scored sequence (token_distributions: perplexity and fidelity windows): a suite that "
+        "takes a while, to interrupt and resume in tests"))
 
 
 class FakeSession(Session):
@@ -547,6 +550,8 @@ class FakeSession(Session):
 
     def token_distributions(self, ids: list[int]) -> np.ndarray:
         self._check(len(ids))
+        if self.params.score_delay_ms:
+            time.sleep(self.params.score_delay_ms / 1000.0)
         return log_softmax(self.model.logits(list(ids)))
 
     def next_token_distribution(self, context: list[int]) -> np.ndarray:
@@ -624,7 +629,7 @@ class FakeRuntime(Runtime):
     name = "fake"
     Params = FakeParams
     accepts = (FORMAT_NAME,)
-    speed_only_params = ("threads", "decode_delay_ms")
+    speed_only_params = ("threads", "decode_delay_ms", "score_delay_ms")
 
     @staticmethod
     def check_baseline(model: str) -> str | None:
