@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -113,6 +113,15 @@ class TrackingSpec(Strict):
     experiment: str = "quantgate"
 
 
+class ExecutorSpec(Strict):
+    """Where the candidates' stages run (``quantgate run --executor`` overrides it)."""
+
+    name: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        None, description="ray: 'auto' (a running cluster on this machine), 'ray://HOST:10001', or none: "
+        "start a local cluster for the run")
+
+
 class Plan(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     description: str = ""
@@ -124,6 +133,7 @@ class Plan(Strict):
     #: parse_plan validates it as a GatePolicy (kept loose here so errors name one cause)
     gates: str | list[Any] | dict[str, Any]
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     # Filled by parse_plan, not read from YAML.
     _source_path: str | None = PrivateAttr(None)
@@ -234,11 +244,76 @@ def validation_messages(err: ValidationError, model: type[BaseModel], prefix: tu
 
 
 # ------------------------------------------------------------------ loading
+#: plans and policies are a few KiB; a bigger file, or one whose aliases expand to more nodes
+#: than this (a "billion laughs" bomb), is refused before it can fill memory or an error line
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
+class _YamlTooBig(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, refusing a document that expands (aliases followed) to more than
+    ``MAX_YAML_NODES`` nodes or refers to itself: an alias is one event but can stand for a
+    whole tree, and a few dozen nested ones stand for billions of nodes."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _count_nodes(node, MAX_YAML_NODES)
+        return node
+
+
+def _count_nodes(root: yaml.Node, limit: int) -> int:
+    """The number of nodes ``root`` stands for with every alias expanded (each distinct node
+    counted once per reference, computed once); _YamlTooBig past ``limit`` or on a cycle."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _YamlTooBig("an alias refers to a node that contains it (a recursive structure)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise _YamlTooBig(f"its aliases expand to more than {limit:,} nodes (an alias bomb?)")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise PlanError(f"{path}: {what} file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise PlanError(f"{path}: {what} file is {size:,} bytes; refused above {MAX_YAML_BYTES:,} (1 MiB)")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: {what} file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _YamlTooBig as exc:
+        raise PlanError(f"{path}: {what} refused: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"{path}: {what} refused: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

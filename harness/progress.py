@@ -261,3 +261,61 @@ class RichProgress(Progress):
                 self._live = False
             self._closed = True
             self._steps.clear()
+
+
+class EventFileProgress(Progress):
+    """A Progress for stages that run in another process or on another node (Ray tasks): each
+    call is appended as one JSON line to ``path`` (on the run folder every node sees), which
+    the driver replays into its own display with :class:`EventReplay`."""
+
+    def __init__(self, path: str | os.PathLike, where: str | None = None) -> None:
+        self.path = str(path)
+        self.where = where  # e.g. "node 10.0.0.5, GPU 1": shown once per step start
+        self._lock = threading.Lock()
+
+    def _emit(self, method: str, *args: Any) -> None:
+        import json
+
+        line = json.dumps({"m": method, "a": list(args)}, default=str) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def step_started(self, record: str, step: str, total: int | None = None) -> None:
+        self._emit("step_started", record, step, total)
+
+    def step_advanced(self, record: str, step: str, done: int, total: int | None = None) -> None:
+        self._emit("step_advanced", record, step, done, total)
+
+    def step_finished(self, record: str, step: str, status: str = "ok", detail: str = "") -> None:
+        self._emit("step_finished", record, step, status, detail)
+
+    def log(self, text: str) -> None:
+        self._emit("log", text)
+
+
+class EventReplay:
+    """Reads an :class:`EventFileProgress` file from where it left off and calls ``progress``."""
+
+    _METHODS = ("step_started", "step_advanced", "step_finished", "log")
+
+    def __init__(self, path: str | os.PathLike, progress: Progress) -> None:
+        self.path, self.progress, self.offset = str(path), progress, 0
+
+    def poll(self) -> None:
+        import json
+
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("m") in self._METHODS:
+                getattr(self.progress, event["m"])(*event.get("a", []))

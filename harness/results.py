@@ -135,6 +135,8 @@ class Record(_Model):
     probe_notes: dict[str, Any] | None = None
     #: the memory-fit planner's prediction beside what was measured
     planner: dict[str, Any] | None = None
+    #: where each stage ran: {"evaluate": {...}, "probe": {...}} (host, pid; Ray node, GPU ids)
+    placement: dict[str, Any] = Field(default_factory=dict)
     verdicts: list[Verdict] = Field(default_factory=list)
     verdict: VerdictName | None = None
     seconds: float | None = None
@@ -164,6 +166,8 @@ class RunResults(_Model):
     wall_seconds: float
     machine: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
+    #: where the stages ran: {"name": "local" | "ray", ...}
+    executor: dict[str, Any] = Field(default_factory=dict)
     baseline: Record
     candidates: list[Record]
     #: stored entries that failed their sha256 check in this run and were recomputed
@@ -269,33 +273,56 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_results(data: Any, where: str = "results") -> RunResults:
-    """A results dict (either schema) -> RunResults; ResultsError naming what is wrong."""
+class MissingPolicy(ResultsError):
+    """A results file without the gate policy its run was decided under."""
+
+
+def parse_results(data: Any, where: str = "results", policy: dict[str, Any] | None = None) -> RunResults:
+    """A results dict (either schema) -> RunResults; ResultsError naming what is wrong.
+    ``policy`` stands in for the file's own (``quantgate gate --policy`` on a file without one)."""
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema not in READABLE:
-        raise ResultsError(f"{where}: schema {schema!r}, this quantgate reads {' or '.join(map(repr, READABLE))}")
+        kind = "" if isinstance(data, dict) else f" (a JSON {type(data).__name__})"
+        raise ResultsError(f"{where}: not a quantgate results file: schema {schema!r}{kind}, this quantgate "
+                           f"reads {' or '.join(map(repr, READABLE))}")
+    # a missing policy is named once the rest of the file is known to be a run's results
+    no_policy = None
+    if policy is not None:
+        data = {**data, "policy": policy}
+    elif not isinstance(data.get("policy"), dict):
+        no_policy = ("no 'policy' key" if "policy" not in data else "'policy' is null" if data["policy"] is None
+                     else f"'policy' is a {type(data['policy']).__name__}, not a mapping")
+        data = {**data, "policy": {}}
     if schema == SCHEMA_V1:
         try:
             data = _upgrade_v1(data)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ResultsError(f"{where}: a {SCHEMA_V1} file without {exc}") from None
     try:
-        return RunResults.model_validate(data)
+        results = RunResults.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ResultsError(f"{where}: {loc}: {first['msg']} ({err.error_count()} problem(s))") from None
+    if no_policy:
+        raise MissingPolicy(f"{where}: {no_policy} (the gate policy the run was decided under)")
+    return results
 
 
-def load_results(ref: str | Path) -> tuple[RunResults, Path]:
-    """A run folder (``reports/<run-id>``) or its results.json -> (results, path)."""
+def load_results(ref: str | Path, policy: dict[str, Any] | None = None) -> tuple[RunResults, Path]:
+    """A run folder (``reports/<run-id>``) or its results.json -> (results, path); ``policy``
+    as for ``parse_results``."""
     path = Path(ref)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
         raise ResultsError(f"{ref}: no results.json here (give a run folder under reports/ or a results.json)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: not valid JSON: {exc}") from None
-    return parse_results(data, str(path)), path
+    except RecursionError:
+        raise ResultsError(f"{path}: not a quantgate results file (JSON nested too deeply)") from None
+    return parse_results(data, str(path), policy=policy), path

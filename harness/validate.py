@@ -75,9 +75,9 @@ def check_baseline_model(model: str) -> str | None:
     if path.is_file():
         with open(path, "rb") as f:
             magic = f.read(4)
-        if magic != b"GGUF":
+        if magic != b"GGUF" and not path.name.lower().endswith(".gguf"):
             return f"{model!r} is neither a GGUF file (magic {magic!r}, expected b'GGUF') nor a checkpoint folder"
-        return None
+        return gguf_problem(model)
     if not (path / "config.json").is_file():
         return f"{model!r}: checkpoint folder without config.json"
     weights = sorted(path.glob("*.safetensors"))
@@ -93,6 +93,29 @@ def check_baseline_model(model: str) -> str | None:
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             return f"{w}: not a readable safetensors file ({exc})"
     return None
+
+
+def gguf_problem(path: str) -> str | None:
+    """Why the GGUF at ``path`` would not load (truncated, not a GGUF), read from its header
+    and tensor table; None when it is whole."""
+    from harness.gguf_check import GGUFError, check_gguf
+
+    try:
+        check_gguf(path)
+    except GGUFError as exc:
+        return str(exc)
+    return None
+
+
+def _gguf_paths(value: Any, loc: tuple) -> list[tuple[tuple, str]]:
+    """(key path, value) of every string ending in .gguf in an adapter's params."""
+    if isinstance(value, str):
+        return [(loc, value)] if value.lower().endswith(".gguf") else []
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _gguf_paths(v, loc + (k,))]
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in _gguf_paths(v, loc + (i,))]
+    return []
 
 
 def load_plan(path: str | Path, check_names: bool = True) -> Plan:
@@ -131,6 +154,10 @@ def check_plan(plan: Plan) -> list[str]:
     why = check_baseline_model(plan.baseline.model)
     if why:
         problems.append(f"baseline.model: {why}")
+    for where, gguf in _gguf_paths(plan.baseline.runtime.params, ("baseline", "runtime", "params")):
+        why = gguf_problem(gguf) if Path(gguf).expanduser().is_file() else None
+        if why:
+            problems.append(f"{format_path(where)}: {why}")
 
     seen: dict[str, int] = {plan.baseline.name: -1}
     for i, cand in enumerate(plan.candidates):
@@ -152,6 +179,12 @@ def check_plan(plan: Plan) -> list[str]:
                 problems.append(f"{format_path(loc + ('quantizer', 'calibration'))}: method "
                                 f"{cand.quantizer.method!r} needs calibration data (source, samples, seq_len, seed)")
         check_runtime(cand.runtime, loc + ("runtime",), fmt)
+        # a GGUF the plan names (a prebuilt artifact, a draft model): whole, or said so now
+        for where, gguf in _gguf_paths(cand.quantizer.params, loc + ("quantizer", "params")) + _gguf_paths(
+                cand.runtime.params, loc + ("runtime", "params")):
+            why = gguf_problem(gguf) if Path(gguf).expanduser().is_file() else None
+            if why:
+                problems.append(f"{format_path(where)}: {why}")
 
     suite_ids: dict[str, int] = {}
     for i, s in enumerate(plan.suites):
@@ -192,12 +225,34 @@ def check_plan(plan: Plan) -> list[str]:
     return problems
 
 
+def _trusts_remote_code(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any((k == "trust_remote_code" and v is True) or _trusts_remote_code(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_trusts_remote_code(v) for v in value)
+    return False
+
+
+def remote_code_notes(plan: Plan) -> list[str]:
+    """One note per runtime or quantizer with ``trust_remote_code: true``: it executes the
+    model repository's Python on this machine, which a reviewer should know before a run."""
+    model = plan.baseline.model
+    specs = [(f"baseline {plan.baseline.name!r}", "runtime", plan.baseline.runtime.name, plan.baseline.runtime.params)]
+    for c in plan.candidates:
+        specs += [(f"candidate {c.name!r}", "quantizer", c.quantizer.method, c.quantizer.params),
+                  (f"candidate {c.name!r}", "runtime", c.runtime.name, c.runtime.params)]
+    return [f"{who}: {kind} {name!r} has trust_remote_code: true: it runs code from the model "
+            f"repository ({model}) on this machine; review that code or drop the option"
+            for who, kind, name, params in specs if _trusts_remote_code(params)]
+
+
 def availability(plan: Plan) -> list[str]:
-    """Adapters the plan names whose libraries are missing here (not an error for validate)."""
+    """Adapters the plan names whose libraries are missing here, and adapters told to run
+    code from a model repository (not errors for validate)."""
     from harness.quantizers import REGISTRY as QUANTIZERS
     from harness.runtimes import REGISTRY as RUNTIMES
 
-    notes = []
+    notes = remote_code_notes(plan)
     seen = set()
     for cand in plan.candidates:
         for reg, name in ((QUANTIZERS, cand.quantizer.method), (RUNTIMES, cand.runtime.name)):

@@ -137,6 +137,16 @@ class Runtime:
         """Runtime settings recorded with results (enter the result cache key)."""
         return params.model_dump()
 
+    def resources(self, params: BaseModel) -> dict[str, float]:
+        """What one loaded session occupies, for an executor that places candidates (Ray):
+        ``{"cpus": threads, "gpus": devices}``. The default reads the usual param names:
+        ``n_threads``/``threads`` (unset: 1, the session may then use more) and a ``device``
+        starting with "cuda" (one GPU)."""
+        d = params.model_dump()
+        threads = d.get("n_threads") or d.get("threads") or 1
+        gpus = 1.0 if str(d.get("device") or "").startswith("cuda") else 0.0
+        return {"cpus": float(threads), "gpus": gpus}
+
     def result_identity(self, params: BaseModel) -> dict[str, Any]:
         d = params.model_dump()
         for k in self.speed_only_params:

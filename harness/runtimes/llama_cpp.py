@@ -344,6 +344,10 @@ class LlamaCppRuntime(Runtime):
     speed_only_params = ("n_threads",)
     import_modules = ("llama_cpp",)
 
+    def resources(self, params: LlamaCppParams) -> dict[str, float]:
+        # any offloaded layer puts the model on one GPU (a CUDA build uses the first visible one)
+        return {"cpus": float(params.n_threads or 1), "gpus": 1.0 if params.n_gpu_layers != 0 else 0.0}
+
     def _lib(self):
         try:
             import llama_cpp
@@ -362,6 +366,10 @@ class LlamaCppRuntime(Runtime):
         threads = params.n_threads or _default_threads()
         if not Path(path).is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
+        from harness.gguf_check import check_gguf
+
+        # a truncated or foreign file is named with its cause, not llama.cpp's "failed to load"
+        check_gguf(path)
         llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,

