@@ -10,6 +10,7 @@ the state dict loaded into it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,25 +130,23 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
             return src  # already unquantized
         if not src.is_file():
             raise PlanError(f"baseline.model: {src} is an HF folder; a GGUF baseline from it is not supported yet")
-        folder = store.folder("baselines", f"{key}-f16")
-        if store.reusable_manifest("baselines", f"{key}-f16") is None:
+        def build_f16(tmp: Path) -> None:
             log(f"deriving F16 GGUF baseline from {src.name}")
             t0 = time.perf_counter()
-            with atomic_dir(folder) as tmp:
-                info = write_f16_gguf(src, tmp / F16_NAME)
-                _write_manifest(store, tmp, src, key, "gguf-f16", F16_NAME, t0, info)
-        return folder / F16_NAME
+            info = write_f16_gguf(src, tmp / F16_NAME)
+            _write_manifest(store, tmp, src, key, "gguf-f16", F16_NAME, t0, info)
+
+        return _derive_once(store, f"{key}-f16", build_f16, log) / F16_NAME
     if fmt == "hf":
         if src.is_dir():
             return src
-        folder = store.folder("baselines", f"{key}-hf-bf16")
-        if store.reusable_manifest("baselines", f"{key}-hf-bf16") is None:
+        def build_hf(tmp: Path) -> None:
             log(f"deriving BF16 safetensors baseline from {src.name}")
             t0 = time.perf_counter()
-            with atomic_dir(folder) as tmp:
-                info = write_hf_bf16(src, tmp / HF_NAME)
-                _write_manifest(store, tmp, src, key, "hf-bf16", HF_NAME, t0, info)
-        return folder / HF_NAME
+            info = write_hf_bf16(src, tmp / HF_NAME)
+            _write_manifest(store, tmp, src, key, "hf-bf16", HF_NAME, t0, info)
+
+        return _derive_once(store, f"{key}-hf-bf16", build_hf, log) / HF_NAME
     raise ValueError(f"unknown baseline format {fmt!r}")
 
 
@@ -162,18 +161,31 @@ def _derive_fake(model: str, fmt: str, store: Store, log) -> Path:
     if fmt != fake.FORMAT_NAME:
         raise PlanError(f"baseline.model: {model!r} exists only in format {fake.FORMAT_NAME!r}, not {fmt!r}")
     key = fake.model_key(model)
-    name = f"{key}-{fmt}"
-    folder = store.folder("baselines", name)
-    if store.reusable_manifest("baselines", name) is None:
+
+    def build(tmp: Path) -> None:
         log(f"fitting the fake baseline {model}")
         t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp:
-            info = fake.write_baseline(model, tmp / fake.BASELINE_ENTRY)
-            store.seal(tmp, {"kind": "fake", "entry": fake.BASELINE_ENTRY, "source": model, "source_key": key,
-                             "size_bytes": dir_size(tmp / fake.BASELINE_ENTRY),
-                             "seconds": round(time.perf_counter() - t0, 3),
-                             "versions": fake.FakeRuntime().versions(), **info})
-    return folder / fake.BASELINE_ENTRY
+        info = fake.write_baseline(model, tmp / fake.BASELINE_ENTRY)
+        store.seal(tmp, {"kind": "fake", "entry": fake.BASELINE_ENTRY, "source": model, "source_key": key,
+                         "size_bytes": dir_size(tmp / fake.BASELINE_ENTRY),
+                         "seconds": round(time.perf_counter() - t0, 3),
+                         "versions": fake.FakeRuntime().versions(), **info})
+
+    return _derive_once(store, f"{key}-{fmt}", build, log) / fake.BASELINE_ENTRY
+
+
+def _derive_once(store: Store, name: str, build: Callable[[Path], None], log) -> Path:
+    """``baselines/<name>``, built by ``build`` (into a scratch folder that becomes the entry
+    once complete) unless a reusable one is there. One builder per entry at a time: another
+    process deriving the same entry holds its lock; this one waits, then reuses the result."""
+    folder = store.folder("baselines", name)
+    if store.reusable_manifest("baselines", name) is not None:
+        return folder
+    with store.lock("baselines", name, on_wait=log):
+        if store.reusable_manifest("baselines", name) is None:  # not built while this one waited
+            with atomic_dir(folder) as tmp:
+                build(tmp)
+    return folder
 
 
 def _write_manifest(store: Store, folder: Path, src: Path, key: str, kind: str, entry: str, t0: float,

@@ -1,4 +1,4 @@
-"""Command line: quantgate validate | run | gate | compare | trend | plan-memory | data fetch.
+"""Command line: quantgate validate | run | gate | log | compare | trend | plan-memory | data fetch.
 
 Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
 User errors print one line per problem and no traceback.
@@ -26,9 +26,44 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as _click_exc
 
 
+#: an error line longer than this is cut (a bad value echoed back can be megabytes), and at
+#: most this many problems are listed
+MAX_ERROR_CHARS = 500
+MAX_ERROR_LINES = 50
+
+
+def _cap(line: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit} chars cut)"
+
+
 def _err(msg: str) -> None:
-    print(f"error: {msg}" if "\n" not in msg else "\n".join(f"error: {m}" for m in msg.splitlines()),
-          file=sys.stderr)
+    """One ``error:`` line per problem, each at most ``MAX_ERROR_CHARS`` long."""
+    lines = msg.splitlines() or [""]
+    shown = [f"error: {_cap(m)}" for m in lines[:MAX_ERROR_LINES]]
+    if len(lines) > MAX_ERROR_LINES:
+        shown.append(f"error: … and {len(lines) - MAX_ERROR_LINES} more problems")
+    print("\n".join(shown), file=sys.stderr)
+
+
+def _internal_error(exc: BaseException) -> str:
+    """One line for an unexpected exception; its traceback goes to a file the line names."""
+    import tempfile
+    import traceback
+
+    from harness.failures import describe_stage_failure
+    from harness.store import quantgate_home
+
+    try:
+        line = describe_stage_failure(exc, quantgate_home())
+    except Exception:
+        line = f"{type(exc).__name__}: {exc}"
+    try:
+        fd, path = tempfile.mkstemp(prefix="quantgate-traceback-", suffix=".txt")
+        with open(fd, "w") as f:
+            f.write("".join(traceback.format_exception(exc)))
+        return f"{line} (traceback: {path})"
+    except OSError:
+        return line
 
 
 def _handled(fn):
@@ -43,7 +78,13 @@ def _handled(fn):
             _err(str(exc))
             code = 2
         except KeyboardInterrupt:
-            _err("interrupted")
+            from harness.store import quantgate_home
+
+            _err(f"interrupted; what finished is kept in {quantgate_home()} (artifacts, suite results, item "
+                 "journals): run the same command again to resume")
+            code = 2
+        except Exception as exc:  # an infrastructure failure is exit 2, never a gate's exit 1
+            _err(_internal_error(exc))
             code = 2
         raise typer.Exit(code or 0)
 
@@ -98,6 +139,17 @@ def print_verdicts(results: RunResults, console: Any = None) -> None:
 
 def _print_approved(results: RunResults) -> None:
     print("approved: " + (", ".join(results.approved) or "(none)"))
+
+
+def _validated(model: Any, values: dict, where: str) -> Any:
+    """``model`` from command-line values; a bad one is one line and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise QuantgateError(f"{where}: {e['msg']} (got {e.get('input')!r})") from None
 
 
 def _load_plan(ref: str) -> Any:
@@ -156,33 +208,60 @@ def cmd_run(
     plan: Annotated[str, typer.Argument(help="The plan file (YAML).", metavar="PLAN", show_default=False)],
     reports_dir: Annotated[str, typer.Option("--reports-dir", help="Folder the run's report folder is written under.")] = "reports",
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Skip MLflow logging.")] = False,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="Where the stages run: local (default) or ray (overrides the plan's executor).",
+        show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="ray: auto (the cluster on this machine) or ray://HOST:10001; none: a local "
+        "cluster for this run.", show_default=False)] = None,
 ) -> int:
     """Run a plan: produce, evaluate, probe, gate, log, report."""
     from harness.pipeline import Runner
     from harness.progress import make_progress
-    from harness.report import write_reports
+    from harness.report import ReportError, check_reports_dir, write_reports
 
     p = _load_plan(plan)
+    check_reports_dir(Path(reports_dir))  # read-only, a file, a full disk: say so before the run
     if no_tracking:
         p.tracking.enabled = False
+    if executor or address:
+        from harness.config import ExecutorSpec
+
+        p.executor = _validated(ExecutorSpec, {**p.executor.model_dump(), **({"name": executor} if executor else {}),
+                                               **({"address": address} if address else {})}, "--executor/--address")
     progress = make_progress()
+    logger = None
     try:
-        runner = Runner(p, reports_dir=Path(reports_dir), progress=progress)
+        from harness.tracking import RunLogger
+
+        logger = RunLogger(p.tracking) if p.tracking.enabled else None  # MLflow as an outbox
+        runner = Runner(p, reports_dir=Path(reports_dir), progress=progress,
+                        on_record=logger.record_finished if logger is not None else None)
+        if logger is not None:  # the parent run now, each record's child run as it finishes
+            logger.start(runner.run_id, p, runner.run_dir)
         results = runner.execute()
+    except BaseException:
+        if logger is not None:  # the parent run is not left RUNNING
+            logger.abort()
+        raise
     finally:
         progress.close()
-    paths = write_reports(results, runner.run_dir)
-    if p.tracking.enabled:
-        from harness.tracking import log_run
-
-        try:
-            results.tracking = log_run(results, p.tracking, runner.run_dir)
+    try:
+        paths = write_reports(results, runner.run_dir)
+    except ReportError:  # the verdicts stand: show them; the error line says where the results are
+        print()
+        print_verdicts(results)
+        print()
+        _print_approved(results)
+        raise
+    if logger is not None:
+        results.tracking = logger.finish(results)  # never raises: an unreachable server is recorded
+        if logger.failed:  # the results are on disk: one line says how to log them later
+            results.exit_code = 2
+            _err(logger.failure_line(runner.run_dir))
+        else:
             print(f"MLflow: {results.tracking['uri']} experiment {p.tracking.experiment!r}, "
                   f"parent run {results.tracking['parent_run_id']}")
-        except Exception as exc:  # the results are written already; say what failed
-            results.tracking = {"error": f"{type(exc).__name__}: {exc}"}
-            _err(f"MLflow logging failed: {type(exc).__name__}: {exc}")
-            results.exit_code = 2
         write_reports(results, runner.run_dir)
     print()
     print_verdicts(results)
@@ -205,18 +284,26 @@ def cmd_gate(
         "--out", help="Write the re-decided summary.md and results.json into this folder.")] = None,
 ) -> int:
     """Re-decide a stored run (a run folder or results.json) under a policy; no model is loaded."""
+    from pydantic import ValidationError
+
     from harness import gates
-    from harness.config import load_policy
+    from harness.config import GatePolicy, load_policy, validation_messages
     from harness.report import write_reports
-    from harness.results import load_results
+    from harness.results import MissingPolicy, ResultsError, load_results
 
-    results, _path = load_results(run)
-    if policy:
-        gate_policy = load_policy(_policy_file(policy))
-    else:
-        from harness.config import GatePolicy
-
-        gate_policy = GatePolicy.model_validate(results.policy)
+    hint = "; re-decide it under a policy file with --policy POLICY"
+    gate_policy = load_policy(_policy_file(policy)) if policy else None  # a bad --policy is named first
+    try:  # --policy also stands in for a file's missing one
+        results, path = load_results(run, policy=gate_policy.model_dump(mode="json") if gate_policy else None)
+    except MissingPolicy as exc:
+        raise ResultsError(f"{exc}{hint}") from None
+    if gate_policy is None:
+        try:
+            gate_policy = GatePolicy.model_validate(results.policy)
+        except ValidationError as err:
+            problems = validation_messages(err, GatePolicy, prefix=("policy",))
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise ResultsError(f"{path}: its policy is broken: {problems[0]}{more}{hint}") from None
     results = gates.decide(results, gate_policy)
     print_verdicts(results)
     print()
@@ -229,14 +316,18 @@ def cmd_gate(
 
 
 def _accepted_results(uri: str | None, experiment: str, plan_name: str) -> Any:
-    """results.json of the newest run of ``plan_name`` tagged accepted in MLflow."""
+    """results.json of the newest complete run of ``plan_name`` tagged accepted in MLflow
+    (FINISHED, with its results.json: a torn run is never picked)."""
     from harness import history
     from harness.results import ResultsError
+    from harness.tracking import http_limits
 
-    last = history.last_accepted(uri, experiment, plan_name)
-    if last is None:
-        raise ResultsError(f"no run of plan {plan_name!r} tagged accepted in experiment {experiment!r} at {uri}")
-    results = history.results_json(uri, last["run_id"])
+    with http_limits():  # a server that does not answer fails in seconds
+        last = history.last_accepted(uri, experiment, plan_name)
+        if last is None:
+            raise ResultsError(f"no run of plan {plan_name!r} tagged accepted (complete and FINISHED) in "
+                               f"experiment {experiment!r} at {uri}")
+        results = history.results_json(uri, last["run_id"])
     if results is None:
         raise ResultsError(f"the accepted run {last['run_id']} has no results.json artifact")
     return results
@@ -320,6 +411,71 @@ def cmd_trend(
     print(text)
     if out:
         Path(out).write_text(text)
+    return 0
+
+
+@app.command("log")
+@_handled
+def cmd_log(
+    run: Annotated[str, typer.Argument(help="A stored run: its folder under reports/ or its results.json.",
+                                       metavar="RUN", show_default=False)],
+    uri: Annotated[str | None, typer.Option(
+        "--uri", help="MLflow tracking URI (default: the server the run used, else the plan's, else "
+                      "MLFLOW_TRACKING_URI, else sqlite in the run folder).")] = None,
+) -> int:
+    """Log a stored run to MLflow: one made while the server was down, or left half-logged.
+
+    Idempotent: the run's parent and child runs are found again by their tags and completed,
+    never duplicated. Records where it was logged in the run's results.json. Exit 0: logged
+    (or already complete); 2: MLflow could not be used (the run folder says why).
+    """
+    import tempfile
+
+    from harness.config import TrackingSpec
+    from harness.report import write_reports
+    from harness.results import load_results
+    from harness.tracking import RunLogger, gate_exit_code
+
+    results, path = load_results(run)
+    run_dir = path.parent
+    before = dict(results.tracking or {})
+    code = gate_exit_code(results)
+    if before.get("error") and "gate_exit_code" not in before:  # an older quantgate made it 2: re-decide
+        from harness import gates
+        from harness.config import GatePolicy
+
+        code = gates.decide(results.model_copy(deep=True), GatePolicy.model_validate(results.policy)).exit_code
+    planned = results.plan.get("tracking") or {}
+    used = before.get("uri")
+    if used and (before.get("local") or str(used).startswith(("sqlite:", "file:"))):
+        used = None  # the store in the run folder: found again wherever the folder is now
+    spec = TrackingSpec(uri=uri or used or planned.get("uri"),
+                        experiment=before.get("experiment") or planned.get("experiment") or "quantgate")
+    # what the run itself would have logged: the gates' exit code, no tracking failure
+    logged = results.model_copy(update={"exit_code": code, "tracking": None})
+    logger = RunLogger(spec, run_dir)
+    with tempfile.TemporaryDirectory(prefix="quantgate-log-") as tmp:
+        write_reports(logged, Path(tmp))
+        logger.start(results.run_id, results.plan, started=results.started)
+        tracking = logger.finish(logged, files_dir=Path(tmp), exit_code=code)
+    if logger.failed:
+        results.tracking, results.exit_code = tracking, 2
+        write_reports(results, run_dir)
+        _err(logger.failure_line(run_dir))
+        return 2
+    unchanged = (tracking.get("already_complete") and not before.get("pending")
+                 and before.get("parent_run_id") == tracking["parent_run_id"])
+    if not unchanged:
+        results.tracking, results.exit_code = tracking, code
+        write_reports(results, run_dir)
+    state = ("already complete, nothing logged" if tracking.get("already_complete")
+             else "completed" if logger.reused else "logged")
+    print(f"MLflow: {tracking['uri']} experiment {spec.experiment!r}, parent run {tracking['parent_run_id']} "
+          f"({state}; accepted: {'yes' if tracking['accepted'] else 'no'})")
+    if tracking.get("ui_url"):
+        print(f"ui: {tracking['ui_url']}")
+    if tracking["errors"]:
+        print(f"note: {len(tracking['errors'])} logging steps failed (results.json: tracking.errors)")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Run history from the MLflow tracking store: the last accepted run of a plan, metric trends.
 
 Pure functions of the tracking store (nothing is written, no global MLflow state is
-touched). They read what :func:`harness.tracking.log_run` writes: one parent run per plan
+touched). They read what :class:`harness.tracking.RunLogger` writes: one parent run per plan
 execution tagged ``quantgate.plan``, ``quantgate.role`` = comparison and
-``quantgate.accepted`` ("true" when the run's exit code was 0), with one child run per
+``quantgate.accepted`` ("true" when the run's gates gave exit code 0; set as the last step,
+once the run is complete and FINISHED), with one child run per
 candidate and the baseline (``mlflow.parentRunId``), whose metrics are the result metrics
 (``<metric>.stderr`` beside each that has one).
 
@@ -24,6 +25,8 @@ from harness.tracking import mlflow_module
 
 _PLAN_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 STDERR = ".stderr"
+#: how many of the newest accepted parent runs are checked for completeness
+ACCEPTED_SCAN = 50
 
 
 def _client(uri: str | None):
@@ -58,8 +61,8 @@ def _search(client, exp_id: str, filter_string: str, limit: int | None, order_by
 
 def _parents(client, exp_id: str, plan_name: str, accepted_only: bool, limit: int) -> list:
     f = f"tags.`quantgate.plan` = '{_check_plan(plan_name)}' AND tags.`quantgate.role` = 'comparison'"
-    if accepted_only:
-        f += " AND tags.`quantgate.accepted` = 'true'"
+    if accepted_only:  # a torn run (left RUNNING, killed) is never accepted, whatever its tags say
+        f += " AND tags.`quantgate.accepted` = 'true' AND attributes.status = 'FINISHED'"
     # newest first; the run id breaks ties between runs started in the same millisecond
     return _search(client, exp_id, f, limit, ["attributes.start_time DESC", "attributes.run_id DESC"])
 
@@ -86,8 +89,25 @@ def _name(child) -> str:
     return child.data.tags.get("quantgate.candidate") or child.info.run_name
 
 
+def _complete(client, run) -> bool:
+    """A parent run that can stand as accepted: FINISHED, tagged accepted, not marked
+    incomplete (``quantgate.complete``, set by quantgate >= the outbox; older runs lack it) and
+    holding its results.json artifact."""
+    tags = run.data.tags
+    if run.info.status != "FINISHED" or tags.get("quantgate.accepted") != "true":
+        return False
+    if tags.get("quantgate.complete", "true") != "true":
+        return False
+    try:
+        return "results.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    except Exception:  # an artifact store that cannot be listed: the run cannot be compared against
+        return False
+
+
 def last_accepted(uri: str | None, experiment: str, plan_name: str) -> dict[str, Any] | None:
-    """The newest parent run of ``plan_name`` tagged ``quantgate.accepted = "true"``, or None.
+    """The newest complete parent run of ``plan_name`` tagged ``quantgate.accepted = "true"``,
+    or None. Complete: FINISHED, not tagged ``quantgate.complete = "false"``, with its
+    results.json artifact; a torn run (left RUNNING by a crash, or without its files) is skipped.
 
     Returns the run's summary (``run_id``, ``run_name``, ``quantgate_run_id``,
     ``start_time`` in ms since the epoch, ``started`` in ISO 8601 UTC, ``status``,
@@ -99,10 +119,10 @@ def last_accepted(uri: str | None, experiment: str, plan_name: str) -> dict[str,
     exp_id = _experiment_id(client, experiment)
     if exp_id is None:
         return None
-    found = _parents(client, exp_id, plan_name, accepted_only=True, limit=1)
-    if not found:
+    found = _parents(client, exp_id, plan_name, accepted_only=True, limit=ACCEPTED_SCAN)
+    parent = next((run for run in found if _complete(client, run)), None)
+    if parent is None:
         return None
-    parent = found[0]
     out = _run_summary(parent)
     approved = parent.data.tags.get("approved", "")
     out["approved"] = [] if approved in ("", "(none)") else approved.split(",")

@@ -65,20 +65,23 @@ class SuiteItems:
 
 # ------------------------------------------------------------------ workers
 # Top-level functions: they run in spawned processes and receive plain data.
-def derive_worker(model: str, fmt: str) -> str:
+def derive_worker(model: str, fmt: str, store_root: str | None = None) -> str:
+    """The baseline in ``fmt`` (derived once into the store, under the entry's lock)."""
     from harness import baseline
 
-    return str(baseline.derive(model, fmt))
+    return str(baseline.derive(model, fmt, store=Store(Path(store_root)) if store_root else None))
 
 
 def quantize_worker(method: str, params_raw: dict, calibration: dict | None, source: str | None,
-                    key: str, key_inputs: dict, baseline_model: str) -> dict:
+                    key: str, key_inputs: dict, baseline_model: str, store_root: str | None = None) -> dict:
+    """Quantize into a scratch folder that becomes ``artifacts/<key>`` once sealed (the caller
+    holds the key's lock); returns the manifest as stored."""
     from harness.probes.memory import peak_rss_bytes
     from harness.quantizers import REGISTRY, QuantizeContext
 
     quantizer = REGISTRY.get(method)()
     params = quantizer.Params.model_validate(params_raw)
-    store = Store()
+    store = Store(Path(store_root) if store_root else None)
     t0 = time.perf_counter()
     with atomic_dir(store.folder("artifacts", key)) as tmp:
         ctx = QuantizeContext(source=Path(source) if source else None, out_dir=tmp,
@@ -101,7 +104,8 @@ def quantize_worker(method: str, params_raw: dict, calibration: dict | None, sou
         if manifest["format"] == "gguf" and "bits_per_weight" not in manifest:
             manifest.update(gguf_weight_stats(entry))
         manifest = store.seal(tmp, manifest)  # the sha256 of every file, checked on reuse
-    return manifest
+    # as stored: a folder another process published first (one that took no lock) is kept
+    return store.manifest("artifacts", key) or manifest
 
 
 def gguf_weight_stats(path: Path) -> dict:
@@ -229,7 +233,7 @@ def derive(rec: Record, model: str, fmt: str, store: Store, env: StageEnv) -> No
     """The baseline's artifact in ``fmt`` (derived into the store, or the file as given)."""
     from harness.baseline import source_key
 
-    path = Path(env.call(derive_worker, model, fmt, log_name=f"{rec.name}-derive-{fmt}"))
+    path = Path(env.call(derive_worker, model, fmt, str(store.root), log_name=f"{rec.name}-derive-{fmt}"))
     # a baseline derived into the store (checked there by the worker) names its source's key;
     # one used as it is (a float GGUF, an HF folder) is keyed by its own bytes
     derived = path.parent.parent.resolve() == (store.root / "baselines").resolve()
@@ -258,7 +262,8 @@ def produce(rec: Record, cand: CandidateSpec, baseline_model: str, baseline_sour
             raise RuntimeError("the baseline could not be derived")
         if input_format not in baseline_paths:
             baseline_paths[input_format] = str(env.call(derive_worker, baseline_model, input_format,
-                                                        log_name=f"baseline-derive-{input_format}"))
+                                                        log_name=f"baseline-derive-{input_format}",
+                                                        store_root=str(store.root)))
         source = baseline_paths[input_format]
     calibration = cand.quantizer.calibration.model_dump() if cand.quantizer.calibration else None
     key_inputs = {
@@ -271,15 +276,22 @@ def produce(rec: Record, cand: CandidateSpec, baseline_model: str, baseline_sour
         "versions": quantizer.versions(),
     }
     key = content_key(key_inputs)
+    # one producer per key: check, else take the key's lock and check again (another run may
+    # have produced it while this one waited), and only then produce
     manifest = store.reusable_manifest("artifacts", key)
     reused = manifest is not None
+    if not reused:
+        with store.lock("artifacts", key, on_wait=lambda line: env.progress.log(f"  [{rec.name}] {line}")):
+            manifest = store.reusable_manifest("artifacts", key)
+            reused = manifest is not None
+            if not reused:
+                env.progress.log(f"  [{rec.name}] producing artifact with {quantizer.name} "
+                                 f"{params.model_dump(exclude_defaults=True)}")
+                manifest = env.call(quantize_worker, quantizer.name, params.model_dump(), calibration, source,
+                                    key, key_inputs, baseline_model, log_name=f"{rec.name}-quantize",
+                                    store_root=str(store.root))
     if reused:
         env.progress.log(f"  [{rec.name}] artifact {key} reused from the store")
-    else:
-        env.progress.log(f"  [{rec.name}] producing artifact with {quantizer.name} "
-                         f"{params.model_dump(exclude_defaults=True)}")
-        manifest = env.call(quantize_worker, quantizer.name, params.model_dump(), calibration, source,
-                            key, key_inputs, baseline_model, log_name=f"{rec.name}-quantize")
     folder = store.folder("artifacts", key)
     rec.artifact = ArtifactRef(key=key, format=manifest["format"], path=str(folder / manifest["entry"]),
                                manifest=manifest, reused=reused)

@@ -7,9 +7,15 @@ Everything lands under ``QUANTGATE_HOME`` (default: the user cache dir):
     artifacts/<key>/              one quantized artifact + manifest.json
     results/<key>.json            item sets (items-*) and item results (result-*)
     hashes/<key>.json             the hash cache: a file's sha256 and the stat it was taken at
+    locks/<kind>/<key>.lock       one writer per entry (``Store.lock``); ``.owner`` names the holder
 
 Directories are built under a temporary name and renamed when complete, so a
-killed build never leaves something that a later run would reuse.
+killed build never leaves something that a later run would reuse. The temporary name
+records its writer (``.tmp-<name>+<pid>@<host>+<random>``): a ``Store`` removes, once per
+process, the temporary entries whose writer is gone (``clean_stale_temp``).
+
+Concurrency. One writer per store key at a time: ``Store.lock(kind, key)`` is a lock file
+under ``locks/``; a run that needs an entry another run is producing waits, then reuses it.
 
 Integrity. Every entry carries its content hash, written when it is stored and
 checked when it is reused:
@@ -38,8 +44,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,17 +84,51 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------ temporary entries
+#: a temporary entry's name: ``.tmp-<name>+<pid>@<host>+<random>`` (its writer, see ``temp_prefix``)
+_TEMP_NAME = re.compile(r"^\.tmp-(?P<name>.*)\+(?P<pid>\d+)@(?P<host>[^+/]+)\+[A-Za-z0-9_]*$")
+#: a temporary entry written on another host (or by a quantgate that did not record its writer)
+#: is removed once nothing in it has changed for this long
+STALE_FOREIGN_SECONDS = 86400.0
+#: a ``.discarded-*`` entry is being removed by whoever renamed it; one this old was left by a kill
+STALE_DISCARDED_SECONDS = 600.0
+_HOST_TOKEN: str | None = None
+
+
+def host_token() -> str:
+    """This host as temporary names record it: the host name and, where there is one, the pid
+    namespace (two containers on one host with one name do not see each other's pids)."""
+    global _HOST_TOKEN
+    if _HOST_TOKEN is None:
+        name = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "unknown"
+        with contextlib.suppress(OSError):
+            name += f"~{os.stat('/proc/self/ns/pid').st_ino}"
+        _HOST_TOKEN = name
+    return _HOST_TOKEN
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary entry for ``name`` written by this process."""
+    return f".tmp-{name}+{os.getpid()}@{host_token()}+"
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a scratch folder that becomes ``target`` only if the block succeeds."""
+    """Yield a scratch folder that becomes ``target`` only if the block succeeds. Its name
+    records this process and host, so a later ``Store`` removes it if this process is killed."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     try:
         yield tmp
         if target.exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
         else:
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.exists():
+                    raise
+                shutil.rmtree(tmp)  # published by another process meanwhile: keep theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -94,7 +136,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)
@@ -118,11 +160,115 @@ def discard(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
     trash = path.with_name(f".discarded-{path.name}-{secrets.token_hex(3)}")
-    os.replace(path, trash)
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:  # another process discarded it first
+        return
     if trash.is_dir() and not trash.is_symlink():
         shutil.rmtree(trash, ignore_errors=True)
     else:
         trash.unlink(missing_ok=True)
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification under ``path`` (a file written in place changes its own mtime,
+    not its folder's)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+    return newest
+
+
+def _own_size(path: Path) -> int:
+    """Bytes of the files under ``path`` itself (a symlink counts as a link, not its target)."""
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _writer_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` of this host may still be writing an entry last changed at
+    ``since``: it exists, is no zombie, and started before that (else the pid was reused; a
+    minute's slack for clock steps: a reused pid only keeps an entry longer)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= since + 60.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # e.g. access denied: it exists, so keep its entry
+        return True
+
+
+def stale_temp_reason(path: Path, now: float | None = None) -> str | None:
+    """Why the temporary entry ``path`` (``.tmp-*`` or ``.discarded-*``) can be removed, or
+    None while its writer may still be at work:
+
+    - written on this host (same host name and pid namespace): its writer's pid is gone;
+    - written on another host, or by a quantgate that did not record its writer: nothing in
+      it changed for ``STALE_FOREIGN_SECONDS`` (a day);
+    - ``.discarded-*``: unchanged for ``STALE_DISCARDED_SECONDS`` (its remover was killed).
+    """
+    now = time.time() if now is None else now
+    age = now - _newest_mtime(path)
+    if path.name.startswith(".discarded-"):
+        return f"discarded, left {age / 60:.0f} min ago" if age > STALE_DISCARDED_SECONDS else None
+    m = _TEMP_NAME.match(path.name)
+    if m and m["host"] == host_token():
+        pid = int(m["pid"])
+        if pid == os.getpid() or _writer_alive(pid, now - age):
+            return None
+        return f"its writer, pid {pid} on this host, is gone"
+    if age > STALE_FOREIGN_SECONDS:
+        writer = f"pid {m['pid']} on {m['host']}" if m else "an unrecorded writer"
+        return f"written by {writer}, unchanged for {age / 3600:.0f} h"
+    return None
+
+
+def clean_stale_temp(root: Path, log: Callable[[str], Any] = print) -> list[Path]:
+    """Remove the temporary entries a killed writer left in the store at ``root`` (a scratch
+    folder of a quantization killed while it wrote its GGUF, a half-written result file): the
+    ``.tmp-*`` and ``.discarded-*`` entries directly under ``root`` and its folders
+    (``artifacts/``, ``baselines/``, ``imatrix/``, ``results/``, ...) that ``stale_temp_reason``
+    finds stale. One log line each; returns what was removed."""
+    removed: list[Path] = []
+    try:
+        folders = [root, *(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    except OSError:
+        return removed
+    for folder in folders:
+        try:
+            entries = [Path(e.path) for e in os.scandir(folder) if e.name.startswith((".tmp-", ".discarded-"))]
+        except OSError:
+            continue
+        for path in entries:
+            try:
+                why = stale_temp_reason(path)
+                if why is None:
+                    continue
+                size = _own_size(path)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError:  # gone meanwhile (its writer finished, another cleaner), or not ours to remove
+                continue
+            removed.append(path)
+            log(f"store: removed a stale temporary entry {path.relative_to(root)} "
+                f"({size / 1024**2:.1f} MiB; {why})")
+    return removed
+
+
+_CLEANED: set[tuple[str, int]] = set()
 
 
 # ------------------------------------------------------------------ hash cache
@@ -339,9 +485,56 @@ class Store:
         self.root = root or quantgate_home()
         self.log = log
         self.hashes = hash_cache(self.root)
+        # once per process and store: what killed writers left behind (``clean_stale_temp``)
+        seen = (str(self.root), os.getpid())
+        if seen not in _CLEANED:
+            _CLEANED.add(seen)
+            clean_stale_temp(self.root, log)
 
     def report(self, problem: IntegrityProblem) -> None:
         report_integrity(problem, self.log)
+
+    # ---- one writer per key
+    def lock_path(self, kind: str, key: str) -> Path:
+        return self.root / "locks" / kind / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str, on_wait: Callable[[str], Any] | None = None) -> Iterator[None]:
+        """Hold the lock of store entry ``kind/key`` (one writer per key, across processes and
+        hosts that share the store). If another process holds it, one line ("waiting for
+        KIND/KEY (another run is producing it)", with the holder when known) goes to ``on_wait``
+        (default: the store's log), then this waits without limit. The caller checks the store
+        again once it holds the lock: what the other run produced is then there to reuse.
+
+        The lock is ``filelock.FileLock``: ``flock(2)`` on ``locks/KIND/KEY.lock``, which the
+        kernel releases when its holder dies (``kill -9`` too), so a killed run never leaves a
+        lock behind; on NFS the Linux client maps ``flock`` onto NFS byte-range locks, which every
+        node sees. (A ``SoftFileLock``, a file that exists while held, would survive a kill and
+        block every later run.) ``locks/KIND/KEY.owner`` names the holder, for the waiting line."""
+        from filelock import FileLock, Timeout
+
+        path = self.lock_path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        owner = path.with_suffix(".owner")
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                rec = json.loads(owner.read_text())
+                holder = f"; held by pid {rec['pid']} on {rec['host']} since {rec['since']}"
+            (on_wait or self.log)(f"waiting for {kind}/{key} (another run is producing it){holder}")
+            lock.acquire()
+        try:
+            with contextlib.suppress(OSError):
+                owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                owner.unlink(missing_ok=True)
+            lock.release()
 
     # ---- artifacts (and derived baselines): a folder holding a manifest
     def folder(self, kind: str, key: str) -> Path:

@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # stdlib/numpy-level utilities: no harness import outside this layer
     ("foundation", ("harness", "harness.errors", "harness.registry", "harness.stats", "harness.store",
                     "harness.isolate", "harness.resources", "harness.progress", "harness.machine",
-                    "harness.sandbox")),
+                    "harness.sandbox", "harness.journal", "harness.failures", "harness.gguf_check")),
     # the plan and result schemas; pinned data and the text sources built on it
     ("schemas & data", ("harness.config", "harness.results", "harness.data", "harness.sources",
                         "harness.calibration", "harness.scoring")),
@@ -51,13 +51,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "harness.lmeval")),
     # running a plan
     ("orchestration", ("harness.pipeline", "harness.stages")),
+    # where the stages run: the executors call the pipeline's task functions
+    ("execution", ("harness.executors.*",)),
     # the command line
     ("entry", ("harness.cli", "harness.__main__")),
 ]
 
 #: packages whose ``__init__`` is a name -> import-path registry: a function-level import of
 #: one looks a name up (imports no adapter), so it may point up the layers
-REGISTRY_PACKAGES = ("harness.runtimes", "harness.quantizers", "harness.suites", "harness.probes", "harness.gates")
+REGISTRY_PACKAGES = ("harness.runtimes", "harness.quantizers", "harness.suites", "harness.probes", "harness.gates",
+                     "harness.executors")
 
 #: the core never imports a backend or a specific adapter module at module level
 CORE = ("harness.config", "harness.pipeline", "harness.stages", "harness.store", "harness.results",

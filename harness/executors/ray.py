@@ -86,6 +86,10 @@ class RayExecutor(Executor):
     def _init(self) -> Any:
         if self._ray is not None:
             return self._ray
+        # token authentication (Ray >= 2.52, read when ray is imported): `ray start` turns it on by default, and a cluster
+        # this run starts has it too, so nothing else on the network can submit work to it;
+        # the token is ~/.ray/auth_token (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
             import ray
         except ImportError:

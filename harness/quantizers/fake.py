@@ -48,6 +48,9 @@ class FakeQuantParams(BaseModel):
                           "artifact the runtime refuses)")
     delay_seconds: float = Field(0.0, ge=0, le=600, description="test tool: sleep after writing the file "
                                  "into the scratch folder (a long quantization to interrupt)")
+    child_seconds: float = Field(0.0, ge=0, le=600, description="test tool: first start a child process "
+                                 "that sleeps this long (stands in for an engine subprocess that must not outlive "
+                                 "the worker)")
 
 
 def perturb(arrays: dict, noise: float, seed: int) -> dict:
@@ -97,6 +100,11 @@ class FakeQuantizer(Quantizer):
             meta["unloadable"] = "written unloadable on purpose (fake quantizer, fail: load)"
         entry = f"model-{quant_type}" + (f"-noise{params.noise:g}" if params.noise else "") + ".npz"
         info = fake.write_model(ctx.out_dir / entry, arrays, meta, bits=params.bits)
+        if params.child_seconds:
+            import subprocess
+            import sys
+
+            subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({params.child_seconds})"])
         if params.delay_seconds:
             import time
 

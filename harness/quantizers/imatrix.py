@@ -66,7 +66,12 @@ def compute_imatrix(hf_dir: Path, calibration: dict, threads: int | None = None)
 
 def cached_imatrix(hf_dir: Path, calibration: dict, threads: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The imatrix for (baseline, calibration), computed once and kept in the store (a sealed
-    folder: its files' sha256 are checked on reuse, and a folder that fails is rebuilt)."""
+    folder: its files' sha256 are checked on reuse, and a folder that fails is rebuilt).
+
+    The entry appears whole or not at all: it is written into a scratch folder that is renamed
+    to ``imatrix/<key>`` only once sealed (a killed quantization leaves only that scratch folder,
+    which a later ``Store`` removes). One process computes a given key at a time: another that
+    needs it waits for the key's lock, then reuses it."""
     from harness.calibration import calibration_identity
     from harness.store import MANIFEST, Store, atomic_dir, content_key
 
@@ -76,11 +81,14 @@ def cached_imatrix(hf_dir: Path, calibration: dict, threads: int | None = None) 
     folder = store.folder("imatrix", key)
     manifest = store.reusable_manifest("imatrix", key)
     if manifest is None:
-        matrix, info = compute_imatrix(hf_dir, calibration, threads)
-        with atomic_dir(folder) as tmp:
-            np.savez_compressed(tmp / "imatrix.npz", **matrix)
-            store.seal(tmp, {"kind": "imatrix", "info": info})
-        manifest = json.loads((folder / MANIFEST).read_text())
+        with store.lock("imatrix", key):
+            manifest = store.reusable_manifest("imatrix", key)  # computed while this one waited
+            if manifest is None:
+                matrix, info = compute_imatrix(hf_dir, calibration, threads)
+                with atomic_dir(folder) as tmp:
+                    np.savez_compressed(tmp / "imatrix.npz", **matrix)
+                    store.seal(tmp, {"kind": "imatrix", "info": info})
+                manifest = json.loads((folder / MANIFEST).read_text())
     with np.load(folder / "imatrix.npz") as z:
         matrix = {k: z[k] for k in z.files}
     return matrix, {**manifest.get("info", {}), "key": key, "path": str(folder / "imatrix.npz")}
