@@ -16,6 +16,7 @@ or on another machine that sees the same store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -319,7 +320,6 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
     """Every suite on ``rec``'s artifact: stored results are reused (by content key), the rest
     scored in one worker. Items a suite has not prepared yet (the baseline's first run) are
     prepared there and stored; ``items`` is updated in place."""
-    from harness.journal import journal_path
 
     runtime, rparams = runtime_and_params(runtime_spec)
     why = runtime.unavailable()
@@ -348,6 +348,45 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
         jobs.append({"id": spec.id, "suite": suite.name, "params": sparams.model_dump(),
                      "context_length": suite.context_length(sparams), "items": entry.items,
                      "items_key": entry.key, "result_key": result_keys[spec.id]})
+    with contextlib.ExitStack() as locks:
+        if jobs:  # one scorer per result: another run scoring the same one finishes, this one reuses it
+            for key in sorted(j["result_key"] for j in jobs):
+                locks.enter_context(store.lock("results", key, on_wait=lambda line: env.progress.log(
+                    f"  [{rec.name}] {line}")))
+            jobs = [j for j in jobs if not _stored_meanwhile(rec, j, items[j["id"]], store, env)]
+        _score_jobs(rec, runtime, rparams, artifact, jobs, items, store, env)
+    for spec in suites:
+        suite, sparams = adapters[spec.id]
+        result, entry = rec.suites[spec.id], items[spec.id]
+        result.meta, result.items_key = entry.meta, entry.key
+        result.metrics = {m: Metric(**{"better": suite.metrics.get(m), **v})
+                          for m, v in suite.aggregate(entry.items, result.records, sparams).items()}
+        for m, v in result.metrics.items():
+            rec.metrics[f"{spec.id}.{m}"] = v
+
+
+def _stored_meanwhile(rec: Record, job: dict, entry: SuiteItems, store: Store, env: StageEnv) -> bool:
+    """Whether another run stored this job's result while this one waited for its lock (then
+    ``rec`` takes it, as a reused result)."""
+    if entry.items is None:
+        prepared = store.get_result(entry.key)
+        if prepared is None:
+            return False
+        entry.items, entry.meta = prepared["items"], prepared.get("meta") or {}
+    cached = store.get_result(job["result_key"])
+    if cached is None:
+        return False
+    rec.suites[job["id"]] = SuiteResult(**cached, result_key=job["result_key"], reused=True)
+    env.progress.step_finished(rec.name, job["id"], "reused", f"{len(cached['records'])} items from the store")
+    return True
+
+
+def _score_jobs(rec: Record, runtime, rparams, artifact: ArtifactRef, jobs: list[dict],
+                items: dict[str, SuiteItems], store: Store, env: StageEnv) -> None:
+    """Score ``jobs`` in one worker; store their items (first run) and results."""
+    from harness.journal import journal_path
+
+    result_keys = {j["id"]: j["result_key"] for j in jobs}
     if jobs:
         env.progress.log(f"  [{rec.name}] scoring {', '.join(j['id'] for j in jobs)} on {runtime.name}")
         watch = _ProgressFile(env.logs_dir / f"{rec.name}-evaluate.progress.jsonl", rec.name, env.progress)
@@ -376,14 +415,6 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             rate = f" ({n / s:.3g} items/s)" if s else ""
             kept = f", {resumed} from the journal" if resumed else ""
             env.progress.step_finished(rec.name, job["id"], "ok", f"{n} items in {s:.1f} s{rate}{kept}")
-    for spec in suites:
-        suite, sparams = adapters[spec.id]
-        result, entry = rec.suites[spec.id], items[spec.id]
-        result.meta, result.items_key = entry.meta, entry.key
-        result.metrics = {m: Metric(**{"better": suite.metrics.get(m), **v})
-                          for m, v in suite.aggregate(entry.items, result.records, sparams).items()}
-        for m, v in result.metrics.items():
-            rec.metrics[f"{spec.id}.{m}"] = v
 
 
 def probe(rec: Record, runtime_spec: RuntimeSpec, probes: dict[str, dict], env: StageEnv) -> None:

@@ -328,3 +328,8 @@ def test_two_runs_of_one_plan_on_one_store_produce_each_artifact_once(tmp_path):
     assert essence(first) == essence(second)
     reused = [c["artifact"]["reused"] for res in (first, second) for c in res["candidates"]]
     assert sorted(reused) == [False, False, True, True]
+    # each (record, suite) result was scored by one run: the other waited on its lock and reused it
+    for name in ("f32", "q4", "noisy"):
+        scored = [s["reused"] for res in (first, second) for r in (res["baseline"], *res["candidates"])
+                  if r["name"] == name for s in r["suites"].values()]
+        assert sorted(scored) == [False, True], (name, scored)

@@ -61,6 +61,10 @@ def ray_task(kind: str, task: Any, rec: Record | None, outcome: pipeline.Outcome
         os.environ.pop(name)
     progress = EventFileProgress(events)
     where = _where(cpus, gpus)
+    name = task.baseline.name if kind == "baseline" else task.name
+    gpu = f", GPU {','.join(where['gpu_ids'])}" if where["gpu_ids"] else ""
+    progress.log(f"[{name}] {'probes' if kind == 'probes' else 'suites'} on node {where['node_ip']} "
+                 f"({where['hostname']}, pid {where['pid']}, {cpus:g} CPUs{gpu})")
     if kind == "baseline":
         out = pipeline.run_baseline_main(task, progress, where)
         return out, where["node_id"]
