@@ -120,9 +120,12 @@ def write_hf_bf16(src_gguf: Path, dst: Path) -> dict[str, Any]:
 def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
     """Path of the baseline in format ``fmt`` ("gguf" or "hf"; "fake" for ``fake:<name>``),
     built once into the store."""
+    from harness.runtimes import runtime_owning
+
     store = store or Store(log=log)
-    if model.startswith("fake:"):
-        return _derive_fake(model, fmt, store, log)
+    owner = runtime_owning(model)
+    if owner is not None:
+        return _derive_owned(owner, model, fmt, store, log)
     src = source_file(model, log)
     key = source_key(src, store.hashes)
     if fmt == "gguf":
@@ -150,28 +153,25 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
     raise ValueError(f"unknown baseline format {fmt!r}")
 
 
-def _derive_fake(model: str, fmt: str, store: Store, log) -> Path:
-    """The test model of ``harness.runtimes.fake``: fitted from the text bundled with it (no
-    source file), stored like any derived baseline under a key of what it is made from."""
-    from harness.runtimes import fake
-
-    why = fake.check_model(model)
+def _derive_owned(runtime, model: str, fmt: str, store: Store, log) -> Path:
+    """A model a runtime owns (``fake:tiny``: fitted from text bundled with the fake runtime; no
+    source file), stored like any derived baseline under the key the runtime gives it."""
+    why = runtime.check_baseline(model)
     if why:
         raise PlanError(f"baseline.model: {why}")
-    if fmt != fake.FORMAT_NAME:
-        raise PlanError(f"baseline.model: {model!r} exists only in format {fake.FORMAT_NAME!r}, not {fmt!r}")
-    key = fake.model_key(model)
+    if fmt not in runtime.accepts:
+        raise PlanError(f"baseline.model: {model!r} exists only in format {runtime.accepts[0]!r}, not {fmt!r}")
+    key = runtime.baseline_key(model)
 
     def build(tmp: Path) -> None:
-        log(f"fitting the fake baseline {model}")
+        log(f"fitting the {runtime.name} baseline {model}")
         t0 = time.perf_counter()
-        info = fake.write_baseline(model, tmp / fake.BASELINE_ENTRY)
-        store.seal(tmp, {"kind": "fake", "entry": fake.BASELINE_ENTRY, "source": model, "source_key": key,
-                         "size_bytes": dir_size(tmp / fake.BASELINE_ENTRY),
-                         "seconds": round(time.perf_counter() - t0, 3),
-                         "versions": fake.FakeRuntime().versions(), **info})
+        info = runtime.write_baseline(model, tmp)
+        store.seal(tmp, {"kind": runtime.name, "entry": runtime.baseline_entry, "source": model, "source_key": key,
+                         "size_bytes": dir_size(tmp / runtime.baseline_entry),
+                         "seconds": round(time.perf_counter() - t0, 3), "versions": runtime.versions(), **info})
 
-    return _derive_once(store, f"{key}-{fmt}", build, log) / fake.BASELINE_ENTRY
+    return _derive_once(store, f"{key}-{fmt}", build, log) / runtime.baseline_entry
 
 
 def _derive_once(store: Store, name: str, build: Callable[[Path], None], log) -> Path:

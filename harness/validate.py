@@ -62,11 +62,11 @@ def check_baseline_model(model: str) -> str | None:
     from pathlib import Path
 
     from harness.config import EMBEDDED_MODEL
+    from harness.runtimes import runtime_owning
 
-    if model.startswith("fake:"):  # the test model of the fake runtime (harness/runtimes/fake.py)
-        from harness.runtimes import REGISTRY as RUNTIMES
-
-        return RUNTIMES.get("fake").check_baseline(model)
+    owner = runtime_owning(model)  # a runtime's own models (fake:tiny): that runtime checks them
+    if owner is not None:
+        return owner.check_baseline(model)
     if model.startswith("embedded:"):
         return None if model == EMBEDDED_MODEL else f"unknown embedded model {model!r}; allowed: {EMBEDDED_MODEL}"
     path = Path(model).expanduser()

@@ -76,14 +76,7 @@ FORBIDDEN = [("harness.calibration", "harness.suites.perplexity"), ("harness.sui
              ("harness.suites.lm_eval_tasks", "harness.calibration"), ("harness.config", "harness.validate")]
 
 #: (importer, imported, enclosing function or None at module level) -> why it is allowed today
-ALLOWED: dict[tuple[str, str, str | None], str] = {
-    # owner harness/baseline.py: _derive_fake() imports the fake runtime's module by name
-    # (services -> one adapter). Way out: look it up through the registry
-    # (`REGISTRY.get("fake")` in harness.runtimes) and let the runtime class carry the
-    # baseline hooks it needs (check_model, model_key, write_baseline, entry/format names).
-    ("harness.baseline", "harness.runtimes.fake", "_derive_fake"):
-        "baseline -> runtimes.fake (a specific adapter) for the fake baseline",
-}
+ALLOWED: dict[tuple[str, str, str | None], str] = {}
 
 #: cycles closed only by function-level imports (a package __init__ and its own modules),
 #: with their owner; each should go (the entry then fails as stale: delete it)

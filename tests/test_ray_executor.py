@@ -152,3 +152,27 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_the_journal(cluster, tm
     assert q4["status"] == "ok" and q4["placement"]["evaluate"]["pid"] != killed
     wiki = q4["suites"]["wiki"]
     assert 16 <= wiki["resumed_items"] < 40 and len(wiki["records"]) == 40
+
+
+def test_embedded_model_on_ray_matches_the_local_executor(cluster, tmp_path):
+    """The real embedded model end to end on the Ray cluster: llama.cpp F16 vs Q8_0, 1 thread each
+    (bit-reproducible), the same windows, values and verdicts as the local executor."""
+    pytest.importorskip("llama_cpp")
+    llama = {"name": "llama-cpp", "params": {"n_threads": 1}}
+    plan = {"name": "ray-embedded", "baseline": {"name": "f16", "model": "embedded:smollm2-135m", "runtime": llama},
+            "candidates": [{"name": "q8_0", "quantizer": {"method": "gguf", "params": {"type": "Q8_0"}},
+                            "runtime": llama}],
+            "suites": [{"suite": "perplexity", "name": "wiki",
+                        "params": {"dataset": "wikitext2", "context_length": 512, "max_tokens": 5120}}],
+            "probes": {"size": {}},
+            "gates": {"gates": [{"name": "ppl", "kind": "max_increase_pct", "metric": "wiki.ppl", "max_pct": 5}]},
+            "tracking": {"enabled": False}}
+    local, lres = _run(plan, tmp_path, "emb-local")
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    ray_run, rres = _run(plan, tmp_path, "emb-ray", "--executor", "ray", "--address", cluster)
+    assert ray_run.returncode == 0, ray_run.stdout[-3000:] + ray_run.stderr[-3000:]
+    assert _records(rres) == _records(lres)
+    assert rres["candidates"][0]["metrics"]["wiki.ppl"] == lres["candidates"][0]["metrics"]["wiki.ppl"]
+    assert rres["candidates"][0]["verdict"] == lres["candidates"][0]["verdict"] == "PASS"
+    q8 = rres["candidates"][0]
+    assert q8["placement"]["evaluate"]["executor"] == "ray" and q8["metrics"]["size.gib"]["value"] > 0.1

@@ -124,6 +124,25 @@ class Runtime:
     #: process's memory, so that "model memory" (peak minus that) excludes the libraries
     import_modules: ClassVar[tuple[str, ...]] = ()
 
+    #: a ``baseline.model`` prefix this runtime's own models use (e.g. ``fake:``), or None. Such a
+    #: model is not a file: the hooks below check it, key it and write it into the store
+    #: (``harness.baseline.derive``, ``harness.validate``), found through ``runtime_owning``.
+    model_prefix: ClassVar[str | None] = None
+    #: the file a ``write_baseline`` folder's model is in
+    baseline_entry: ClassVar[str] = ""
+
+    def check_baseline(self, model: str) -> str | None:
+        """Why ``model`` (with this runtime's prefix) names no model, or None."""
+        return None
+
+    def baseline_key(self, model: str) -> str:
+        """The store key of ``model``: a hash of what it is made from."""
+        raise NotImplementedError
+
+    def write_baseline(self, model: str, folder: Path) -> dict[str, Any]:
+        """Write ``model`` to ``folder / baseline_entry``; what to record in its manifest."""
+        raise NotImplementedError
+
     def unavailable(self) -> str | None:
         return None
 
@@ -152,3 +171,19 @@ class Runtime:
         for k in self.speed_only_params:
             d.pop(k, None)
         return d
+
+
+def runtime_owning(model: str) -> Runtime | None:
+    """The runtime whose ``model_prefix`` starts ``model`` (``fake:tiny`` -> the fake runtime),
+    or None for a file, a folder or the embedded model."""
+    head, sep, _ = model.partition(":")
+    if not sep or head in ("embedded", "hub") or "/" in head:
+        return None
+    for name in REGISTRY.names():
+        try:
+            cls = REGISTRY.get(name)
+        except Exception:  # an adapter that cannot be imported here owns no prefix we can use
+            continue
+        if cls.model_prefix and model.startswith(cls.model_prefix):
+            return cls()
+    return None

@@ -630,12 +630,18 @@ class FakeRuntime(Runtime):
     Params = FakeParams
     accepts = (FORMAT_NAME,)
     speed_only_params = ("threads", "decode_delay_ms", "score_delay_ms")
+    model_prefix = "fake:"
+    baseline_entry = BASELINE_ENTRY
 
-    @staticmethod
-    def check_baseline(model: str) -> str | None:
-        """Why a plan's ``baseline.model`` ``fake:<name>`` names no fake model, or None
-        (``harness.validate.check_baseline_model`` asks)."""
+    def check_baseline(self, model: str) -> str | None:
+        """Why a plan's ``baseline.model`` ``fake:<name>`` names no fake model, or None."""
         return check_model(model)
+
+    def baseline_key(self, model: str) -> str:
+        return model_key(model)
+
+    def write_baseline(self, model: str, folder: Path) -> dict[str, Any]:
+        return {"kind": "fake", **write_baseline(model, Path(folder) / BASELINE_ENTRY)}
 
     def versions(self) -> dict[str, str]:
         return {"quantgate-fake": f"{FILE_FORMAT} fit {FIT_VERSION}", "numpy": np.__version__}
