@@ -28,3 +28,15 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+#: the longest test modules (real models end to end), run first: with pytest-xdist's
+#: ``--dist loadfile`` (nox -s tests) a worker that takes one of them early leaves the many short
+#: modules to balance the end, instead of one worker running a long module alone at the end
+LONGEST_FIRST = ("test_suites_e2e.py", "test_smoke_e2e.py", "test_quantizers.py", "test_fidelity.py",
+                 "test_ray_executor.py", "test_tracking_outbox.py", "test_mlflow_server.py", "test_probes.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable for the rest

@@ -5,6 +5,7 @@ is retried by Ray and resumes from the item journal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -56,13 +57,21 @@ def cluster(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    env["RAY_AUTH_MODE"] = "token"
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
+    # this cluster's processes (their command lines name its temp dir), to stop it alone at the
+    # end: `ray stop` would stop every Ray cluster of the machine
+    ours = [q for q in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(q.info["cmdline"] or [])]
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        tree = [c for q in ours if q.is_running() for c in [q, *q.children(recursive=True)]]
+        for q in tree:
+            with contextlib.suppress(psutil.Error):
+                q.kill()
+        psutil.wait_procs(tree, timeout=30)
 
 
 def _run(plan: dict, tmp: Path, name: str, *extra: str, home: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:

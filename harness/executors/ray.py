@@ -25,6 +25,7 @@ the cluster's resources allow (Ray Core).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class RayExecutor(Executor):
         self._started = False
         self._ray: Any = None
         self._replays: dict[str, EventReplay] = {}
+        self._checked = time.monotonic()
+        self._lost_since: float | None = None
 
     # ---- cluster
     def _init(self) -> Any:
@@ -193,9 +196,26 @@ class RayExecutor(Executor):
         for replay in self._replays.values():
             replay.poll()
 
+    #: seconds without a live node before the waiting tasks are given up as errors
+    lost_cluster_seconds = 30.0
+
     def _wait(self, refs: list) -> tuple[list, list]:
         done, pending = self._ray.wait(refs, num_returns=1, timeout=0.5)
         self._poll()
+        now = time.monotonic()
+        if not done and now - self._checked > 5:  # a cluster that died does not say so through wait
+            self._checked = now
+            try:
+                alive = bool(self._nodes())
+            except Exception:  # the GCS itself is gone
+                alive = False
+            if alive:
+                self._lost_since = None
+            elif self._lost_since is None:
+                self._lost_since = now
+            elif now - self._lost_since > self.lost_cluster_seconds:
+                raise ExecutorError(f"ray: the cluster has had no live node for {self.lost_cluster_seconds:g} s "
+                                    f"({self.address or 'the local cluster'}); the tasks still waiting are lost")
         return done, pending
 
     def _failed(self, name: str, role: str, stage: str, exc: BaseException, rec: Record | None = None) -> Record:
@@ -296,6 +316,13 @@ class RayExecutor(Executor):
             for ref in running:
                 ray.cancel(ref, force=True)
             raise
+        except ExecutorError as exc:  # the cluster is gone: what was still running is an error
+            for kind, name, _task, _needs, _memory in running.values():
+                role = "baseline" if name == base_rec.name else "candidate"
+                prior = outcomes.get(name) or (baseline.outcome if role == "baseline" else None)
+                rec = self._failed(name, role, "probe" if kind == "probes" else "evaluate", exc,
+                                   prior.record if prior else None)
+                finish(name, pipeline.Outcome(rec))
         self._poll()
         order = [base_rec.name, *(t.name for t in tasks)]
         return [outcomes[name] for name in order]
