@@ -70,7 +70,10 @@ def bench(session: nox.Session) -> None:
     reports/bench/probes.json (decode-probe stability over 3 processes; probe vs a plain
     llama-cpp-python loop) and reports/bench/crosscheck.json (quantgate vs llama-perplexity and
     llama-bench built from the runtime's own llama.cpp tree: perplexity, KL, same-top, pp/tg).
-    `nox -s bench -- runtimes` (or `quantizers`, `probes`, `crosscheck`) runs one."""
+    `nox -s bench -- runtimes` (or `quantizers`, `probes`, `crosscheck`) runs one.
+    `nox -s bench -- executors` (reports/bench/executors.json: local vs Ray executor on one plan,
+    kill -9 mid-suite then rerun, Ray's cost per task) is opt-in, not in the default list: about
+    21 minutes on 2 cores."""
     # the server extra: lm-eval's gguf backend is compared against llama-cpp-python's server
     session.install("-e", ".[all]", "llama-cpp-python[server]==0.3.36")
     chosen = session.posargs or ["quantizers", "runtimes", "probes", "crosscheck"]
