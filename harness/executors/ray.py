@@ -266,6 +266,9 @@ class RayExecutor(Executor):
             if out.record.artifact is None:
                 finish(name, out)
                 return
+            if not probe_task.probes:  # nothing to measure: the memory prediction alone, here
+                finish(name, pipeline.run_probes(probe_task, out.record, progress, out))
+                return
             # the whole node (every CPU), and the GPUs the runtime uses: nothing else runs there
             node_cpus = next((n["Resources"].get("CPU", needs["cpus"]) for n in ray.nodes()
                               if n["NodeID"] == node), needs["cpus"])
