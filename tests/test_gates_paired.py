@@ -124,3 +124,15 @@ def test_policy_min_items_lets_a_small_sample_decide():
     (lowered,) = gates.evaluate_policy(GatePolicy.model_validate({"gates": [gate], "min_items": 30}), cand, base)
     assert default.verdict == "INCONCLUSIVE" and lowered.verdict == "FAIL"
     assert lowered.lower > 0.15 and lowered.p_value < 0.001
+
+
+def test_a_baseline_scoring_zero_is_measured_not_missing():
+    """A 135M model solves no GSM8K problem: a `max_drop` gate (a difference) still decides; a
+    percentage gate cannot (a change in proportion to 0) and says so instead of 'not measured'."""
+    policy = GatePolicy.model_validate({"gates": [
+        {"name": "drop", "kind": "max_drop", "metric": "mmlu.acc", "max": 0.05},
+        {"name": "pct", "kind": "max_drop_pct", "metric": "mmlu.acc", "max_pct": 5}]})
+    base = _record("base", np.zeros(400, dtype=int), role="baseline")
+    drop, pct = gates.evaluate_policy(policy, _record("cand", np.zeros(400, dtype=int)), base)
+    assert drop.verdict == "PASS" and drop.baseline == 0, drop.reason
+    assert pct.verdict == "ERROR" and "is 0" in pct.reason and "not measured" not in pct.reason

@@ -152,9 +152,13 @@ def evaluate_gate(gate: Gate, cand: Record, base: Record | None, alpha: float = 
     if gate.relative:
         ref = base.value(gate.metric) if base is not None else None
         out["baseline"] = ref
-        if ref is None or ref == 0:
+        if ref is None:
             return Verdict(**out, verdict=ERROR, reason=f"baseline {gate.metric} was not measured")
-        out["change_pct"] = 100.0 * (value - ref) / abs(ref)
+        if ref == 0 and gate.proportional:
+            return Verdict(**out, verdict=ERROR, reason=(
+                f"baseline {gate.metric} is 0: a change in proportion to 0 is undefined "
+                f"(gate kind {gate.kind!r}; 'max_drop' bounds the difference)"))
+        out["change_pct"] = 100.0 * (value - ref) / abs(ref) if ref else None
 
     decision = None
     if gate.relative:

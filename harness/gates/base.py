@@ -32,6 +32,8 @@ class Gate(BaseModel):
     requires: ClassVar[str]
     #: compared with the baseline's value of the metric (False: an absolute bound)
     relative: ClassVar[bool] = True
+    #: bounds a change in proportion to the baseline's value (percent, ratio): undefined at 0
+    proportional: ClassVar[bool] = False
     #: whether the estimate is bad when high (a ceiling) or when low (a floor)
     bad_is_high: ClassVar[bool] = True
 

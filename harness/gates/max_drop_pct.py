@@ -13,6 +13,7 @@ from harness.gates.base import Gate, fmt
 
 class MaxDropPct(Gate):
     kind: Literal["max_drop_pct"]
+    proportional = True
     max_pct: float = Field(ge=0)
 
     requires = "higher"

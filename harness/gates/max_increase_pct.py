@@ -13,6 +13,7 @@ from harness.gates.base import Gate, fmt
 
 class MaxIncreasePct(Gate):
     kind: Literal["max_increase_pct"]
+    proportional = True
     max_pct: float = Field(ge=0)
 
     requires = "lower"

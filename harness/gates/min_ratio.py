@@ -12,6 +12,7 @@ from harness.gates.base import Gate, fmt
 
 class MinRatio(Gate):
     kind: Literal["min_ratio"]
+    proportional = True
     min: float = Field(gt=0)
 
     requires = "higher"
