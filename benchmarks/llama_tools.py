@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_SPEC = "llama-cpp-python==0.3.36"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+from harness.converter import SDIST_SHA256  # noqa: E402, I001  (one pin, shared with the converter)
 TOOLS = ("llama-perplexity", "llama-bench")
 
 

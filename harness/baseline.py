@@ -1,7 +1,9 @@
 """The baseline in the formats runtimes and quantizers read.
 
 ``gguf``: an F16 GGUF (every quantized tensor dequantized, 1-D tensors kept
-F32, all metadata and the tokenizer copied) written with the ``gguf`` package.
+F32, all metadata and the tokenizer copied) written with the ``gguf`` package;
+from an HF checkpoint folder, the F16 GGUF that llama.cpp's own converter writes
+(``harness.converter``: ``convert_hf_to_gguf.py`` at the runtime's llama.cpp revision).
 ``hf``: a BF16 safetensors checkpoint. transformers 5 loads a GGUF but refuses
 to ``save_pretrained`` it, so the model class is rebuilt from its config and
 the state dict loaded into it.
@@ -132,7 +134,7 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
         if src.is_file() and gguf_file_type(src) in _FLOAT_FILE_TYPES:
             return src  # already unquantized
         if not src.is_file():
-            raise PlanError(f"baseline.model: {src} is an HF folder; a GGUF baseline from it is not supported yet")
+            return derive_gguf_from_hf(src, key, store, log)
         def build_f16(tmp: Path) -> None:
             log(f"deriving F16 GGUF baseline from {src.name}")
             t0 = time.perf_counter()
@@ -151,6 +153,28 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
 
         return _derive_once(store, f"{key}-hf-bf16", build_hf, log) / HF_NAME
     raise ValueError(f"unknown baseline format {fmt!r}")
+
+
+def derive_gguf_from_hf(src: Path, key: str, store: Store, log=print, outtype: str = "f16") -> Path:
+    """An F16 (or ``outtype``) GGUF of the HF checkpoint folder ``src`` (content key ``key``),
+    written by llama.cpp's own ``convert_hf_to_gguf.py`` (``harness.converter``) into
+    ``baselines/<key>-convert-<outtype>``. Its output is the stage log and ``convert.log``."""
+    from harness import converter
+    from harness.registry import package_version
+
+    name = f"model-{outtype.upper()}.gguf"
+
+    def build(tmp: Path) -> None:
+        log(f"converting the HF checkpoint {src} to a {outtype.upper()} GGUF with llama.cpp's converter")
+        t0 = time.perf_counter()
+        info = converter.convert(src, tmp / name, outtype, store=store, log=log, log_file=tmp / "convert.log")
+        versions = {p: package_version(p) for p in ("gguf", "transformers", "torch", "sentencepiece", "numpy")}
+        versions.update({"convert_hf_to_gguf.py": converter.CONVERTER_SHA256,
+                         converter.SDIST: converter.SDIST_SHA256, "gguf-py (vendored)": info["gguf_py_version"]})
+        _write_manifest(store, tmp, src, key, f"gguf-{outtype}-converted", name, t0,
+                        {"converter": info["converter"], "versions": versions})
+
+    return _derive_once(store, f"{key}-convert-{outtype}", build, log) / name
 
 
 def _derive_owned(runtime, model: str, fmt: str, store: Store, log) -> Path:

@@ -1,4 +1,4 @@
-"""Command line: quantgate validate | run | gate | log | compare | trend | plan-memory | data fetch.
+"""Command line: quantgate validate | run | gate | log | compare | trend | plan-memory | init | data fetch.
 
 Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
 User errors print one line per problem and no traceback.
@@ -517,6 +517,43 @@ def cmd_plan_memory(
                             reserve_gib=reserve_gib, group_size=group_size, symmetric=symmetric,
                             flash_attn=flash_attn, json=json_out)
     return planner.run_cli(ns)
+
+
+@app.command("init")
+@_handled
+def cmd_init(
+    model: Annotated[str, typer.Argument(
+        help="HF checkpoint folder or config.json, .gguf file, preset "
+             f"({', '.join(planner.PRESETS)}) or embedded:smollm2-135m.", metavar="MODEL", show_default=False)],
+    gpu_gib: Annotated[float, typer.Option(
+        "--gpu-gib", help="GPU memory budget in GiB, of the GPU the model will serve on.", show_default=False)],
+    context: Annotated[int, typer.Option("--context", help="Context length in tokens the model will serve.")] = 4096,
+    batch: Annotated[int, typer.Option("--batch", help="Sequences decoded together.")] = 1,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Plan file to write (default: ./<plan name>.yaml).", show_default=False)] = None,
+    hf_runtime: Annotated[str, typer.Option(
+        "--hf-runtime", help="Runtime of the FP8 / W4A16 candidates: transformers or vllm.")] = "transformers",
+    host_gib: Annotated[float | None, typer.Option(
+        "--host-gib", help="Host memory for partial offload in GiB (default: this machine's).",
+        show_default=False)] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Small suites and calibration: checks that the plan runs, too few items to decide.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the plan file if it exists.")] = False,
+) -> int:
+    """Write a starting plan for MODEL on a GPU budget: the memory-fit planner picks the candidates.
+
+    Exit 0: written and valid; 2: bad input (no config, no candidate fits, the file exists).
+    """
+    from harness import init_plan
+
+    command = (f"quantgate init {model} --gpu-gib {gpu_gib:g} --context {context} --batch {batch}"
+               + (f" --hf-runtime {hf_runtime}" if hf_runtime != "transformers" else "")
+               + (f" --host-gib {host_gib:g}" if host_gib is not None else "") + (" --quick" if quick else ""))
+    p = init_plan.build(model, gpu_gib, context=context, batch=batch, hf_runtime=hf_runtime, quick=quick,
+                        host_gib=host_gib, command=command)
+    path = init_plan.write(p, out, force=force)
+    print("\n".join(init_plan.summary(p, path)))
+    return 0
 
 
 @data_app.command("fetch")

@@ -817,12 +817,20 @@ def actual_hf(folder: str | Path) -> WeightPlan:
 # --------------------------------------------------------------------------------------
 
 _KV_BYTES = {"F32": 4.0, "FP32": 4.0, "F16": 2.0, "FP16": 2.0, "BF16": 2.0, "FP8": 1.0,
-             "FP8_E4M3": 1.0, "FP8_E5M2": 1.0, "INT8": 1.0}
+             "FP8_E4M3": 1.0, "FP8_E5M2": 1.0, "INT8": 1.0,
+             # llama.cpp's quantized cache types (--cache-type-k/-v): bytes per block of 32 values
+             # (ggml's block_q8_0 = 32 int8 + an f16 scale ...), without the gguf package
+             "Q8_0": 34 / 32, "Q4_0": 18 / 32, "Q4_1": 20 / 32, "Q5_0": 22 / 32, "Q5_1": 24 / 32,
+             "IQ4_NL": 18 / 32}
 
 
 def kv_dtype_bytes(kv_dtype: str) -> float:
     """Bytes per cached element: 2 for f16/bf16, 1 for fp8/int8, llama.cpp block types
-    (q8_0 = 34/32, q4_0 = 18/32 ...) from their block sizes."""
+    (q8_0 = 34/32, q4_0 = 18/32 ...) from their block sizes. "K/V" (e.g. "q8_0/f16": K and V
+    caches of different types, as llama.cpp's type_k and type_v allow) gives their mean."""
+    if "/" in kv_dtype:
+        k, v = kv_dtype.split("/", 1)
+        return (kv_dtype_bytes(k) + kv_dtype_bytes(v)) / 2
     name = _norm_quant(kv_dtype)
     if name in _KV_BYTES:
         return _KV_BYTES[name]
@@ -1177,13 +1185,20 @@ def predict_probe_peak(source: str | Path, runtime: str, *, n_ctx: int, shapes: 
         dense = None
     if rt != "transformers":
         kv_dtype = "f16"
+    # a quantized KV cache, as the session recorded it (llama.cpp type_k/type_v, vLLM's dtype)
+    cache = info.get("kv_cache") or {}
+    if rt == "llama-cpp" and cache.get("type_k"):
+        k, v = cache["type_k"], cache.get("type_v") or "f16"
+        kv_dtype = k if k == v else f"{k}/{v}"
+    elif rt == "vllm" and str(cache.get("dtype", "")).startswith("fp8"):
+        kv_dtype = "fp8"
     main = plan_memory(source, None, context=n_ctx, batch=1, runtime=rt, device=device, kv_dtype=kv_dtype)
     batched = [(t, b) for t, b in (shapes or []) if b > 1]
     kv, reserve, how = main["kv_cache"]["bytes"], main["reserve"]["bytes"], "session context"
     if batched and rt == "llama-cpp":
         t, b = max(batched, key=lambda s: -(-s[0] // 256) * 256 * s[1])
         per_seq = -(-t // 256) * 256
-        extra = plan_memory(source, None, context=per_seq, batch=b, runtime=rt, device=device)
+        extra = plan_memory(source, None, context=per_seq, batch=b, runtime=rt, device=device, kv_dtype=kv_dtype)
         kv += extra["kv_cache"]["bytes"]
         reserve += extra["reserve"]["bytes"]
         how = f"session context + batch context ({b} x {per_seq} tokens)"

@@ -177,6 +177,7 @@ def evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str,
             size = max(1, suite.min_chunk_items, -(-len(items) // PROGRESS_CHUNKS))
             _write_progress(progress_path, job["id"], resumed, len(items))
             for start in range(0, len(todo), size):
+                session.reset()  # each chunk scores as in a fresh session: resumed runs match
                 journal.append(suite.score(session, todo[start:start + size], params))
                 _write_progress(progress_path, job["id"], resumed + min(start + size, len(todo)), len(items))
             out[job["id"]] = {"prepared": prepared, "records": journal.ordered(items), "resumed_items": resumed,
@@ -330,6 +331,7 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
     artifact = rec.artifact
     adapters = {spec.id: suite_and_params(spec) for spec in suites}
     jobs, result_keys = [], {}
+    seen: dict[str, tuple | None] = {}  # each result file as first looked at
     for spec in suites:
         suite, sparams = adapters[spec.id]
         entry = items.get(spec.id)
@@ -341,6 +343,7 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             "runtime_params": runtime.result_identity(rparams), "suite": suite.name,
             "suite_version": suite.version, "items": entry.key})
         cached = store.get_result(result_keys[spec.id]) if entry.items is not None else None
+        seen[result_keys[spec.id]] = _stat(store.result_path(result_keys[spec.id]))
         if cached is not None:
             rec.suites[spec.id] = SuiteResult(**cached, result_key=result_keys[spec.id], reused=True)
             env.progress.step_finished(rec.name, spec.id, "reused", f"{len(cached['records'])} items from the store")
@@ -353,7 +356,7 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             for key in sorted(j["result_key"] for j in jobs):
                 locks.enter_context(store.lock("results", key, on_wait=lambda line: env.progress.log(
                     f"  [{rec.name}] {line}")))
-            jobs = [j for j in jobs if not _stored_meanwhile(rec, j, items[j["id"]], store, env)]
+            jobs = [j for j in jobs if not _stored_meanwhile(rec, j, items[j["id"]], store, env, seen)]
         _score_jobs(rec, runtime, rparams, artifact, jobs, items, store, env)
     for spec in suites:
         suite, sparams = adapters[spec.id]
@@ -365,9 +368,21 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             rec.metrics[f"{spec.id}.{m}"] = v
 
 
-def _stored_meanwhile(rec: Record, job: dict, entry: SuiteItems, store: Store, env: StageEnv) -> bool:
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _stored_meanwhile(rec: Record, job: dict, entry: SuiteItems, store: Store, env: StageEnv,
+                      seen: dict[str, tuple | None]) -> bool:
     """Whether another run stored this job's result while this one waited for its lock (then
-    ``rec`` takes it, as a reused result)."""
+    ``rec`` takes it, as a reused result). A result file unchanged since it was first looked at
+    (missing, or refused by its integrity check) is not read again."""
+    if _stat(store.result_path(job["result_key"])) == seen.get(job["result_key"]):
+        return False
     if entry.items is None:
         prepared = store.get_result(entry.key)
         if prepared is None:
@@ -453,13 +468,16 @@ def plan_memory(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec])
 
     n_ctx = max([2048] + [suite.context_length(params) for suite, params in map(suite_and_params, suites)])
     try:
-        p = planner.plan_memory(rec.artifact.path, None, context=n_ctx,
+        # the candidate's KV cache type (llama.cpp type_k/type_v, vLLM kv_cache_dtype); f16 by default
+        runtime, rparams = runtime_and_params(runtime_spec)
+        kv_dtype = runtime.kv_cache_dtype(rparams) or "f16"
+        p = planner.plan_memory(rec.artifact.path, None, context=n_ctx, kv_dtype=kv_dtype,
                                 runtime=runtime_spec.name if runtime_spec.name in planner.RUNTIMES else None)
     except Exception as exc:
         rec.planner = {"error": f"{type(exc).__name__}: {exc}"}
         return
     out = {"context": n_ctx, "runtime": p["runtime"], "weights_gib": p["weights"]["gib"],
-           "bits_per_weight": p["weights"]["bits_per_weight"], "kv_cache_gib": p["kv_cache"]["gib"],
+           "bits_per_weight": p["weights"]["bits_per_weight"], "kv_dtype": kv_dtype, "kv_cache_gib": p["kv_cache"]["gib"],
            "reserve_gib": p["reserve"]["gib"], "total_gib": p["total"]["gib"], "exact": p.get("exact"),
            "notes": p.get("notes", [])}
     size = rec.value("size.gib")

@@ -55,8 +55,11 @@ def plan_metric_directions(plan: Plan) -> dict[str, str]:
     return plan_directions(plan.model_dump(mode="json"))
 
 
-def check_baseline_model(model: str) -> str | None:
-    """A local baseline must look like what it claims to be (cheap header checks only)."""
+def check_baseline_model(model: str, needs_gguf: bool = False) -> str | None:
+    """A local baseline must look like what it claims to be (cheap header checks only). An HF
+    folder that must become a GGUF (``needs_gguf``) must be one llama.cpp's converter takes:
+    its architecture among those the vendored ``convert_hf_to_gguf.py`` converts (read from its
+    source, which is extracted into the store once)."""
     import json
     import struct
     from pathlib import Path
@@ -92,7 +95,35 @@ def check_baseline_model(model: str) -> str | None:
                 json.loads(f.read(n))
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             return f"{w}: not a readable safetensors file ({exc})"
+    if needs_gguf:
+        from harness.converter import checkpoint_problem
+        from harness.errors import QuantgateError
+
+        try:
+            return checkpoint_problem(path, log=lambda line: None)
+        except (QuantgateError, OSError) as exc:
+            return f"{model!r}: a GGUF from an HF folder needs llama.cpp's converter: {exc}"
     return None
+
+
+def plan_needs_gguf(plan: Plan) -> bool:
+    """Whether a run of ``plan`` derives its baseline as a GGUF: its baseline runtime loads
+    GGUF, or a candidate's quantizer reads one (``gguf``, ``unquantized`` with format gguf)."""
+    from harness.quantizers import REGISTRY as QUANTIZERS
+    from harness.runtimes import REGISTRY as RUNTIMES
+
+    if plan.baseline.runtime.name in RUNTIMES and RUNTIMES.get(plan.baseline.runtime.name).accepts[:1] == ("gguf",):
+        return True
+    for cand in plan.candidates:
+        if cand.quantizer.method in QUANTIZERS:
+            quantizer = QUANTIZERS.get(cand.quantizer.method)()
+            try:
+                params = quantizer.Params.model_validate(cand.quantizer.params)
+            except ValidationError:
+                continue
+            if quantizer.input_format_for(params) == "gguf":
+                return True
+    return False
 
 
 def gguf_problem(path: str) -> str | None:
@@ -142,7 +173,11 @@ def check_plan(plan: Plan) -> list[str]:
         if not _known(spec.name, RUNTIMES, loc + ("name",), "runtime", problems):
             return
         runtime = RUNTIMES.get(spec.name)()
-        _params(runtime.Params, spec.params, loc + ("params",), problems)
+        rparams = _params(runtime.Params, spec.params, loc + ("params",), problems)
+        # n_gpu_layers: auto (llama-cpp) is resolved by the memory-fit planner against a declared budget
+        if getattr(rparams, "n_gpu_layers", None) == "auto" and getattr(rparams, "gpu_budget_gib", 0) is None:
+            problems.append(f"{format_path(loc + ('params', 'n_gpu_layers'))}: 'auto' needs a GPU budget to plan "
+                            "against: add gpu_budget_gib: N (GiB) beside it, or give a layer count (-1: every layer)")
         if artifact_format and artifact_format not in runtime.accepts:
             problems.append(
                 f"{format_path(loc + ('name',))}: runtime {spec.name!r} loads {', '.join(runtime.accepts)} "
@@ -151,7 +186,7 @@ def check_plan(plan: Plan) -> list[str]:
             )
 
     check_runtime(plan.baseline.runtime, ("baseline", "runtime"), None)
-    why = check_baseline_model(plan.baseline.model)
+    why = check_baseline_model(plan.baseline.model, needs_gguf=plan_needs_gguf(plan))
     if why:
         problems.append(f"baseline.model: {why}")
     for where, gguf in _gguf_paths(plan.baseline.runtime.params, ("baseline", "runtime", "params")):

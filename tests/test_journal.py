@@ -149,3 +149,31 @@ def test_kill_9_mid_suite_then_rerun_loses_at_most_one_chunk(tmp_path):
     assert [c["suites"]["wiki"]["records"] for c in resumed["candidates"]] == \
         [c["suites"]["wiki"]["records"] for c in fresh["candidates"]]
     assert resumed["candidates"][0]["verdict"] == fresh["candidates"][0]["verdict"]
+
+
+@pytest.mark.slow
+def test_llama_cpp_scores_after_reset_as_in_a_fresh_session(qg_home):
+    """A chunk of items scores the same whether the session scored other items before it (the
+    uninterrupted run) or is fresh (the resumed one): the worker resets the session before each
+    chunk. Without the reset, llama.cpp's reused prefix moved MMLU log-likelihoods by up to
+    0.36 nats (benchmarks/README.md, executors)."""
+    pytest.importorskip("llama_cpp")
+    from harness.baseline import derive
+    from harness.runtimes import REGISTRY
+
+    runtime = REGISTRY.get("llama-cpp")()
+    path = derive("embedded:smollm2-135m", "gguf")
+    params = runtime.Params(n_threads=1)
+    text = (Path(os.environ["QUANTGATE_DATA"]) / "wikitext2_test.txt").read_text()[:6000]
+    first, second = runtime.load(path, params, 2048), runtime.load(path, params, 2048)
+    try:
+        ids = first.tokenize(text)
+        shared = ids[:300]
+        earlier = [(shared + ids[300 + i:310 + i], ids[310 + i:315 + i]) for i in range(0, 40, 10)]
+        later = [(shared + ids[400 + i:405 + i], ids[405 + i:410 + i]) for i in range(0, 40, 10)]
+        first.score_many(earlier)
+        first.reset()
+        assert first.score_many(later) == second.score_many(later)
+    finally:
+        first.close()
+        second.close()

@@ -44,8 +44,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("schemas & data", ("harness.config", "harness.results", "harness.data", "harness.sources",
                         "harness.calibration", "harness.scoring")),
     # what works on plans and results: validation, gates, baselines, reports, tracking
-    ("services", ("harness.validate", "harness.gates.*", "harness.compare", "harness.baseline",
-                  "harness.planner", "harness.report.*", "harness.tracking", "harness.history")),
+    ("services", ("harness.validate", "harness.gates.*", "harness.compare", "harness.baseline", "harness.converter",
+                  "harness.planner", "harness.report.*", "harness.tracking", "harness.history", "harness.init_plan")),
     # adapters: registries (package __init__) and one module per backend/suite/probe
     ("adapters", ("harness.runtimes.*", "harness.quantizers.*", "harness.suites.*", "harness.probes.*",
                   "harness.lmeval")),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report import figures as F
-from harness.report.markdown import ARROWS, scoring_note, unsandboxed_note
+from harness.report.markdown import ARROWS, kv_cache_label, scoring_note, unsandboxed_note
 from harness.results import Record, RunResults, Verdict
 
 VERDICT_CSS = {"PASS": "pass", "FAIL": "fail", "INCONCLUSIVE": "inconclusive", "ERROR": "error"}
@@ -154,7 +154,7 @@ def _manifest(rec: Record) -> dict:
 def _method(rec: Record) -> str:
     q = rec.quantizer or {}
     method = q.get("method") or ("baseline" if rec.role == "baseline" else "")
-    out = f"<b>{esc(method)}</b>"
+    out = f"<b>{esc(method)}</b>" + (f" <b>{esc(kv)}</b>" if (kv := kv_cache_label(rec).strip()) else "")
     if q.get("model"):
         out += f" <span class=small>{esc(q['model'])}</span>"
     if q.get("params"):

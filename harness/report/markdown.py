@@ -43,6 +43,20 @@ def scoring_note(meta: dict) -> str:
     return f"{meta['windows']} windows of {meta.get('context_length')} tokens; scored: {which}."
 
 
+def kv_cache_label(rec: Record) -> str:
+    """The KV half of a candidate's label: " + KV q8_0" when the record's runtime keeps a KV
+    cache other than its default (llama.cpp ``type_k``/``type_v``, vLLM ``kv_cache_dtype``,
+    transformers ``kv_cache``), else "": "gguf Q4_K_M + KV q8_0" on llama-cpp."""
+    params = (rec.runtime.params if rec.runtime is not None else None) or {}
+    if params.get("type_k") or params.get("type_v"):
+        k, v = params.get("type_k") or "f16", params.get("type_v") or "f16"
+        if (k, v) == ("f16", "f16"):
+            return ""
+        return f" + KV {k}" if k == v else f" + KV K {k} / V {v}"
+    value = params.get("kv_cache_dtype") or params.get("kv_cache")
+    return f" + KV {value}" if isinstance(value, str) and value not in ("auto", "none") else ""
+
+
 def unsandboxed_suites(results: RunResults) -> list[str]:
     """Suites whose model-written code ran outside the bwrap sandbox (``sandbox: guard-only``),
     from the suite meta or the per-item records; every report says so."""
@@ -88,6 +102,7 @@ def summary_markdown(results: RunResults) -> str:
         if params.get("type") or params.get("scheme"):
             method += f" {params.get('type') or params.get('scheme')}"
         manifest = r.artifact.manifest if r.artifact is not None else {}
+        method += kv_cache_label(r)
         if "emulated" in (manifest.get("note") or ""):
             method += " (emulated: speed figures do not reflect FP4 hardware)"
         runtime = (r.runtime.name if r.runtime is not None else "") or ""
@@ -113,7 +128,7 @@ def summary_markdown(results: RunResults) -> str:
     for r in results.candidates:
         for v in r.verdicts:
             lines.append(f"- **{r.name}** `{v.gate}`: {v.verdict} — {v.reason}")
-    lines += probe_lines(recs) + planner_lines(recs)
+    lines += probe_lines(recs) + planner_lines(recs) + offload_lines(recs)
     # every metric, one row each (suites and probes), candidates as columns
     lines += ["", "## All metrics", "", "| metric | " + " | ".join(r.name for r in recs) + " |",
               "|---|" + "---|" * len(recs)]
@@ -195,3 +210,27 @@ def planner_lines(recs: list[Record]) -> list[str]:
                    f"{_fmt(p.get('probe_predicted_gib'))} | {_fmt(p.get('probe_measured_gib'))} | "
                    f"{pct(p.get('probe_error_pct'))} | {_fmt(p.get('total_gib'))} | {note.replace('|', '/')} |")
     return out
+
+
+def offload_line(r: Record) -> str | None:
+    """Where a llama.cpp record's layers ran, from its session info (suites' ``load_info``, the
+    probes' ``session_info``): "Q4_K_M with 20 of 30 layers on GPU (auto, budget 1.5 GiB)";
+    None for a record with nothing on a GPU and no ``n_gpu_layers: auto``."""
+    infos = [e.load_info for e in r.suites.values()] + [(r.probe_notes or {}).get("session_info") or {}]
+    info = next((i for i in infos if "n_gpu_layers_resolved" in i), None)
+    if info is None:
+        return None
+    auto = info.get("n_gpu_layers_requested") == "auto"
+    if not auto and not info.get("n_gpu_layers_resolved"):
+        return None
+    label = ((r.quantizer or {}).get("params") or {}).get("type") or ("the baseline" if r.role == "baseline" else r.name)
+    how = f"auto, budget {info.get('gpu_budget_gib'):g} GiB" if auto else f"n_gpu_layers {info.get('n_gpu_layers')}"
+    if auto and not info.get("gpu_offload_supported", True):
+        how += (f"; CPU-only llama.cpp build: the planner would put {info.get('planned_gpu_layers')} layers "
+                "on a GPU")
+    return f"- {r.name}: {label} with {info.get('gpu_layers')} of {info.get('n_layers')} layers on GPU ({how})"
+
+
+def offload_lines(recs: list[Record]) -> list[str]:
+    rows = [line for r in recs if (line := offload_line(r))]
+    return ["", "## GPU offload (llama.cpp)", "", *rows] if rows else []

@@ -101,6 +101,11 @@ class Session:
         """How the model was loaded (recorded with results), e.g. weights decompressed at load."""
         return {}
 
+    def reset(self) -> None:
+        """Forget what earlier requests left behind (a reused KV-cache prefix), so what follows
+        scores exactly as in a fresh session: evaluation resets before each chunk of items, which
+        makes an item's scores independent of whether the run was resumed mid-suite."""
+
     def close(self) -> None:
         pass
 
@@ -171,6 +176,12 @@ class Runtime:
         for k in self.speed_only_params:
             d.pop(k, None)
         return d
+
+    def kv_cache_dtype(self, params: BaseModel) -> str | None:
+        """The KV cache's element type these params ask for, in the memory-fit planner's names
+        (``harness.planner.kv_dtype_bytes``: "q8_0", "fp8", "q8_0/f16" for K and V apart), or
+        None for the runtime's default cache."""
+        return None
 
 
 def runtime_owning(model: str) -> Runtime | None:

@@ -11,10 +11,10 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.errors import MissingDependency
 from harness.registry import package_missing, package_version
@@ -28,16 +28,91 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: the KV cache types llama.cpp accepts (common/arg.cpp ``kv_cache_types``, its tools'
+#: ``--cache-type-k/-v``) and their ggml type ids (ggml.h ``enum ggml_type``; llama-cpp-python
+#: names most of them ``llama_cpp.GGML_TYPE_*``, not BF16)
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20,
+                  "q5_0": 6, "q5_1": 7}
+KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+#: block-quantized cache types: llama.cpp refuses a V cache of these without flash attention
+QUANTIZED_KV = frozenset({"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
+
+
+def _ggml_type(llama_cpp, name: str) -> int:
+    return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", KV_CACHE_TYPES[name]))
+
+
 class LlamaCppParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_threads: int | None = Field(None, ge=1, description="default: the CPUs this process may use")
-    n_gpu_layers: int = Field(0, ge=-1, description="-1: offload every layer (needs a GPU build)")
+    n_gpu_layers: Annotated[int, Field(ge=-1)] | Literal["auto"] = Field(0, description=(
+        "layers on the GPU (llama.cpp's -ngl, the output layer counted; -1: every layer; needs a GPU build); "
+        "auto: as many as the memory-fit planner fits in gpu_budget_gib, resolved at load"))
+    gpu_budget_gib: float | None = Field(None, gt=0, description=(
+        "GPU memory (GiB) n_gpu_layers: auto is planned against: weights, KV cache and runtime reserve"))
     n_batch: int = Field(512, ge=1)
     seed: int = 0
     flash_attn: Literal["auto", "on", "off"] = Field("auto", description=(
         "flash attention; auto (the default of llama.cpp's own tools: on where the device supports it, "
         "which includes the CPU). llama-cpp-python's Llama() alone defaults to off"))
+    type_k: KvCacheType = Field("f16", description="K cache type (llama.cpp's --cache-type-k)")
+    type_v: KvCacheType = Field("f16", description=(
+        "V cache type (--cache-type-v); a quantized one (q8_0, q4_0, ...) needs flash attention"))
+
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self):
+        if self.type_v in QUANTIZED_KV and self.flash_attn == "off":
+            raise ValueError(f"type_v {self.type_v!r} (a quantized V cache) needs flash attention, which "
+                             "llama.cpp requires for it: set flash_attn to 'on' or 'auto', or type_v to 'f16'")
+        return self
+
+
+def _gpu_layers_of(n_gpu_layers: int, n_layers: int | None) -> tuple[int | None, bool]:
+    """(repeating layers on the GPU, output layer on the GPU) for llama.cpp's -ngl: the vendored
+    llama.cpp puts layers from ``n_layer + 1 - ngl`` up on the GPU, the output layer counting
+    as layer ``n_layer``, so ``ngl`` k >= 1 is the output layer and the last k - 1 layers."""
+    if n_gpu_layers == 0:
+        return 0, False
+    if n_layers is None:
+        return None, True
+    if n_gpu_layers < 0:
+        return n_layers, True
+    return max(0, min(n_gpu_layers, n_layers + 1) - 1), True
+
+
+def resolve_gpu_layers(path: str | Path, params: LlamaCppParams, n_ctx: int, gpu_offload: bool) -> dict:
+    """The ``n_gpu_layers`` llama.cpp gets, and what the session records about it.
+
+    ``auto``: the memory-fit planner's offload plan (``harness.planner.plan_memory``'s
+    ``offload``) for this file at context ``n_ctx``, batch 1, KV cache at the wider of
+    ``type_k`` / ``type_v``, within ``gpu_budget_gib``; flash attention counted off unless it is
+    ``on`` (the larger compute buffer). On a build without GPU offload ``auto`` resolves to 0,
+    with a note. Returns ``n_gpu_layers_resolved`` and, for ``auto``, ``gpu_budget_gib``,
+    ``gpu_layers``, ``n_layers``, the planner's figures and an ``offload_note``."""
+    if params.n_gpu_layers != "auto":
+        return {"n_gpu_layers_resolved": params.n_gpu_layers if gpu_offload else 0}
+    if params.gpu_budget_gib is None:
+        raise ValueError("llama-cpp: n_gpu_layers: auto needs gpu_budget_gib, the GPU memory (GiB) to plan against")
+    from harness import planner
+
+    kv = max((params.type_k, params.type_v), key=planner.kv_dtype_bytes)
+    plan = planner.plan_memory(path, None, context=n_ctx, budget_gib=params.gpu_budget_gib, kv_dtype=kv,
+                               runtime="llama-cpp", flash_attn=params.flash_attn == "on")
+    off = plan["offload"]
+    k, n, budget = off["gpu_layers"], off["n_layers"], params.gpu_budget_gib
+    planned = (f"{k} of {n} layers" + (" and the output layer" if off["output_on_gpu"] else "")
+               + f" fit {budget:g} GiB at n_ctx {n_ctx} (KV {kv}, weights {plan['weights']['gib']:.3f} GiB, "
+               f"runtime reserve {plan['reserve']['gib']:.3f} GiB)")
+    out = {"n_gpu_layers_requested": "auto", "gpu_budget_gib": budget, "n_layers": n,
+           "planned_n_gpu_layers": off["n_gpu_layers"], "planned_gpu_layers": k,
+           "planned_gpu_gib": round(off["gpu_bytes"] / planner.GIB, 4),
+           "planned_host_gib": round(off["host_bytes"] / planner.GIB, 4)}
+    if gpu_offload:
+        return {**out, "n_gpu_layers_resolved": off["n_gpu_layers"], "gpu_layers": k,
+                "offload_note": f"auto: planner: {planned}"}
+    return {**out, "n_gpu_layers_resolved": 0, "gpu_layers": 0,
+            "offload_note": f"auto resolved to 0: this llama.cpp build has no GPU offload (on a GPU build: {planned})"}
 
 
 def _auto_flash_attn_context(llama_cpp, llm) -> str:
@@ -67,6 +142,30 @@ def _auto_flash_attn_context(llama_cpp, llm) -> str:
     if "Flash Attention not supported" in log:
         return "off"
     return "auto (llama.cpp did not log the outcome)"
+
+
+def _quantized_v_context(llama_cpp, llm, type_v: str, resolved: str) -> str:
+    """Under flash attention AUTO, a quantized V cache: ``llm``'s context was made (and AUTO
+    resolved) with an f16 V cache; llama.cpp allows a quantized one only with flash attention
+    on, so where AUTO resolved to off this refuses, and otherwise gives ``llm`` a context with
+    the V cache type and flash attention ON. Returns what flash attention is."""
+    from llama_cpp import _internals
+
+    if resolved == "off":
+        raise RuntimeError(f"llama-cpp: type_v {type_v} (a quantized V cache) needs flash attention, and "
+                           "flash_attn auto resolved to off on this device; set flash_attn: on to force it, "
+                           "or type_v: f16")
+    params = type(llm.context_params).from_buffer_copy(llm.context_params)
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.type_v = _ggml_type(llama_cpp, type_v)
+    try:
+        ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    except ValueError as exc:
+        raise RuntimeError(f"llama-cpp: no context with V cache {type_v} and flash attention on ({exc}); "
+                           "llama.cpp's log names the cause") from None
+    old, llm._ctx, llm.context_params = llm._ctx, ctx, params
+    old.close()
+    return "on" if resolved == "on" else "on (forced for the quantized V cache; auto's outcome was not logged)"
 
 
 def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -116,6 +215,11 @@ class LlamaCppSession(Session):
         self.llm.reset()
         self.llm.eval(ids)
         return log_softmax_rows(np.asarray(self.llm.scores[: n - 1]))
+
+    def reset(self) -> None:
+        # a reused prefix is evaluated in other batches than a fresh one, which moves log-probs
+        # (up to 0.36 nats on Q8_0 MMLU items): start every chunk of items from an empty cache
+        self.llm.reset()
 
     def _feed(self, ids: list[int]) -> None:
         """Evaluate ``ids``, reusing the KV cache of the longest prefix already evaluated
@@ -370,6 +474,9 @@ class LlamaCppRuntime(Runtime):
 
         # a truncated or foreign file is named with its cause, not llama.cpp's "failed to load"
         check_gguf(path)
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        layers = resolve_gpu_layers(path, params, n_ctx, offload)  # n_gpu_layers: auto -> the planner's count
+        quant_v_auto = params.type_v in QUANTIZED_KV and params.flash_attn == "auto"
         llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -377,26 +484,39 @@ class LlamaCppRuntime(Runtime):
             n_ubatch=min(params.n_batch, n_ctx),
             n_threads=threads,
             n_threads_batch=threads,
-            n_gpu_layers=params.n_gpu_layers,
+            n_gpu_layers=layers["n_gpu_layers_resolved"],
             logits_all=True,
             seed=params.seed,
             flash_attn=params.flash_attn == "on",
+            type_k=_ggml_type(llama_cpp, params.type_k),
+            # under auto a quantized V cache waits until flash attention has resolved (below)
+            type_v=_ggml_type(llama_cpp, "f16" if quant_v_auto else params.type_v),
             verbose=False,
         )
         flash_attn = _auto_flash_attn_context(llama_cpp, llm) if params.flash_attn == "auto" else params.flash_attn
+        kv_cache = {"type_k": params.type_k, "type_v": params.type_v}
+        if quant_v_auto:
+            flash_attn = _quantized_v_context(llama_cpp, llm, params.type_v, flash_attn)
+            kv_cache["note"] = "a quantized V cache needs flash attention: the context was made with it on"
         # where the weights run: the probes' roofline and the planner's comparison read it
-        offload = bool(llama_cpp.llama_supports_gpu_offload())
-        on_gpu = offload and params.n_gpu_layers != 0
+        ngl = layers["n_gpu_layers_resolved"]
+        on_gpu = offload and ngl != 0
         n_layers = int(llm.metadata.get(f"{llm.metadata.get('general.architecture', 'llama')}.block_count", 0)) or None
+        gpu_layers, output_on_gpu = _gpu_layers_of(ngl, n_layers)
         return LlamaCppSession(llm, {
             "device": "cuda" if on_gpu else "cpu", "gpu_offload_supported": offload,
-            "n_gpu_layers": params.n_gpu_layers, "n_layers": n_layers,
+            **layers, "n_gpu_layers": params.n_gpu_layers, "n_layers": n_layers, "gpu_layers": gpu_layers,
             "flash_attn": {"requested": params.flash_attn, "resolved": flash_attn},
-            "weights": "all layers on the GPU" if on_gpu and (params.n_gpu_layers < 0 or
-                                                            (n_layers and params.n_gpu_layers >= n_layers))
-            else (f"{params.n_gpu_layers} layers on the GPU" if on_gpu else "CPU")})
+            "kv_cache": kv_cache,
+            "weights": "all layers on the GPU" if on_gpu and n_layers and gpu_layers == n_layers and output_on_gpu
+            else (f"{gpu_layers} of {n_layers} layers on the GPU" if on_gpu else "CPU")})
 
     def describe(self, params: LlamaCppParams) -> dict:
         d = params.model_dump()
         d["n_threads"] = params.n_threads or _default_threads()
         return d
+
+    def kv_cache_dtype(self, params: LlamaCppParams) -> str | None:
+        if params.type_k == params.type_v == "f16":
+            return None
+        return params.type_k if params.type_k == params.type_v else f"{params.type_k}/{params.type_v}"

@@ -29,6 +29,36 @@ class TransformersParams(BaseModel):
     #: compressed-tensors checkpoints: decompress the weights to dense once at load (true), or
     #: keep them packed and let compressed-tensors decompress on every forward (false)
     dequantize: bool = True
+    kv_cache: Literal["none", "quanto-int4", "quanto-int2", "hqq-int8", "hqq-int4", "hqq-int2"] = Field(
+        "none", description="transformers' QuantizedCache for generation (backend-bits; quanto needs "
+        "optimum-quanto, hqq needs hqq); none: the default dynamic cache. Scoring (one forward per "
+        "window) keeps no cache and is unaffected")
+
+
+#: the package each quantized-cache backend needs (transformers imports it when the cache is made)
+KV_CACHE_PACKAGES = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
+
+
+def kv_cache_unavailable(kv_cache: str) -> str | None:
+    """Why the quantized cache ``kv_cache`` cannot be made here (its backend is missing), or None."""
+    if kv_cache == "none":
+        return None
+    module, package = KV_CACHE_PACKAGES[kv_cache.split("-")[0]]
+    if package_missing(module, "", package, "") is None:
+        return None
+    return (f"runtime 'transformers' with kv_cache {kv_cache!r} needs the Python package '{package}', "
+            f"which is not installed; install it with: pip install {package}")
+
+
+def _cache_factory(kv_cache: str, config):
+    """A function making a fresh cache for one generation: None (transformers' default dynamic
+    cache) or a ``QuantizedCache`` with the backend and bits of ``kv_cache``."""
+    if kv_cache == "none":
+        return lambda: None
+    from transformers import QuantizedCache
+
+    backend, bits = kv_cache.split("-")
+    return lambda: QuantizedCache(backend=backend, config=config, nbits=int(bits.removeprefix("int")))
 
 
 def _quant_method(path: Path) -> str | None:
@@ -41,8 +71,9 @@ def _quant_method(path: Path) -> str | None:
 
 
 class TransformersSession(Session):
-    def __init__(self, model, tokenizer, device: str, n_ctx: int, load_info: dict):
+    def __init__(self, model, tokenizer, device: str, n_ctx: int, load_info: dict, new_cache=lambda: None):
         self.model = model
+        self.new_cache = new_cache
         self.tok = tokenizer
         self.device = device
         self.n_ctx = n_ctx
@@ -80,7 +111,8 @@ class TransformersSession(Session):
         out: list[int] = []
         text = ""
         with torch.inference_mode():
-            res = self.model(torch.tensor([prompt], device=self.device), use_cache=True)
+            res = self.model(torch.tensor([prompt], device=self.device), past_key_values=self.new_cache(),
+                             use_cache=True)
             for _ in range(min(max_new_tokens, self.n_ctx - len(prompt))):
                 token = int(res.logits[0, -1].argmax())
                 if token in self.stop_token_ids:
@@ -117,7 +149,7 @@ class TransformersSession(Session):
             ids = torch.tensor(prompts, device=self.device)
             sync()
             t0 = time.perf_counter()
-            out = self.model(ids, use_cache=True, **prefill_kw)
+            out = self.model(ids, past_key_values=self.new_cache(), use_cache=True, **prefill_kw)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             sync()
             t1 = time.perf_counter()
@@ -153,6 +185,8 @@ class TransformersRuntime(Runtime):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise MissingDependency.of("runtime 'transformers'", "transformers", self.extra) from None
+        if missing := kv_cache_unavailable(params.kv_cache):
+            raise RuntimeError(missing)
         if params.n_threads:
             torch.set_num_threads(params.n_threads)
         dtype = params.dtype if params.dtype == "auto" else getattr(torch, params.dtype)
@@ -184,4 +218,8 @@ class TransformersRuntime(Runtime):
         info["weights"] = "packed, decompressed on every forward" if packed else (
             "decompressed to dense at load" if quant_method == "compressed-tensors" else "dense")
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=params.trust_remote_code)
-        return TransformersSession(model, tok, params.device, n_ctx, info)
+        info["kv_cache"] = {"type": params.kv_cache, "applies_to": (
+            "generation (incremental decoding) only: scoring runs one forward per window over "
+            "unquantized keys and values, with no cache" if params.kv_cache != "none" else "default dynamic cache")}
+        return TransformersSession(model, tok, params.device, n_ctx, info,
+                                   _cache_factory(params.kv_cache, model.config))

