@@ -47,7 +47,7 @@ INTRO = ("There is an important piece of information hidden inside a lot of irre
          "Find it and memorize it. I will quiz you about the important information there.\n\n")
 #: Landmark Attention's needle; the key's repetition and the question's "Answer with the number"
 #: keep a small model from answering "a key that is used to ..." when it has the key: on
-#: SmolLM2-135M (F16) they lift exact matches at 1k/2k tokens from 3/6 and 2/6 to 5/6 and 4/6
+#: SmolLM2-135M (F16) they lift exact matches at 1k/2k tokens from 3/6 and 1/6 to 5/6 and 4/6
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "\n\nWhat is the pass key? Answer with the number."
 ANSWER_PREFIX = "The pass key is"
