@@ -285,3 +285,33 @@ def test_kv_plan_runs_and_report_names_the_pair(kv_run):
     assert "| f16-kv-q4 | unquantized + KV q4_0 | llama-cpp |" in summary
     html = (run_dir / "report.html").read_text()
     assert "+ KV q8_0" in html and "+ KV q4_0" in html
+
+
+@pytest.mark.slow
+def test_transformers_quantized_cache_where_quanto_runs(qg_home):
+    """transformers' QuantizedCache (quanto int4) in generation; scoring, one forward per window,
+    keeps no cache and gives the same numbers. Skipped without optimum-quanto (not in the dev
+    extras): `pip install optimum-quanto`."""
+    pytest.importorskip("optimum.quanto")
+    import numpy as np
+
+    from harness import baseline
+    from harness.config import EMBEDDED_MODEL
+    from harness.runtimes.transformers import TransformersParams, TransformersRuntime
+    from harness.suites.perplexity import PerplexityParams, token_windows
+
+    path = baseline.derive(EMBEDDED_MODEL, "hf", log=lambda m: None)
+    rt = TransformersRuntime()
+    out = {}
+    for kv in ("none", "quanto-int4"):
+        session = rt.load(path, TransformersParams(kv_cache=kv, n_threads=2), 512)
+        try:
+            window = token_windows(PerplexityParams(context_length=256, max_tokens=256), session)[0]
+            out[kv] = {"logp": session.token_logprobs(window), "info": session.info()["kv_cache"],
+                       "tokens": session.greedy_decode(window[:64], 16)["tokens"][0]}
+        finally:
+            session.close()
+    assert out["quanto-int4"]["info"]["type"] == "quanto-int4"
+    assert "generation" in out["quanto-int4"]["info"]["applies_to"]
+    np.testing.assert_array_equal(out["none"]["logp"], out["quanto-int4"]["logp"])
+    assert len(out["quanto-int4"]["tokens"]) == 16
