@@ -38,22 +38,11 @@ def tools_dir() -> Path:
 
 
 def fetch_sdist(dest: Path, given: Path | None = None) -> Path:
-    """The pinned sdist: ``given``, or one already in ``dest``, or ``pip download``'s."""
-    path = given or dest / SDIST
-    if not path.is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest), SDIST_SPEC]
-        find_links = os.environ.get("QUANTGATE_FIND_LINKS")
-        if find_links:
-            cmd[4:4] = ["--no-index", "--find-links", find_links]
-        subprocess.run(cmd, check=True)
-    from harness.store import sha256_file
+    """The pinned sdist: ``given``, or one already in ``dest``, or ``pip download``'s (the
+    converter's fetch, ``harness.converter.fetch_sdist``)."""
+    from harness.converter import fetch_sdist as fetch
 
-    digest = sha256_file(path)
-    if digest != SDIST_SHA256:
-        raise SystemExit(f"{path}: sha256 {digest} is not the pinned {SDIST_SHA256}")
-    return path
+    return fetch(dest, given=given)
 
 
 def build(sdist: Path | None = None, jobs: int | None = None, log=print) -> dict:

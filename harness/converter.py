@@ -65,12 +65,12 @@ def tools_key() -> str:
 
 
 # ------------------------------------------------------------------ fetch and extract
-def fetch_sdist(dest: Path, log: Callable[[str], Any] = print) -> Path:
-    """The pinned sdist: ``$QUANTGATE_LLAMA_SDIST``, or ``pip download``'s copy in ``dest``;
-    DataError unless its sha256 is the pin."""
-    given = os.environ.get(SDIST_ENV)
+def fetch_sdist(dest: Path, log: Callable[[str], Any] = print, given: Path | None = None) -> Path:
+    """The pinned sdist: ``given``, ``$QUANTGATE_LLAMA_SDIST``, one already in ``dest``, or
+    ``pip download``'s copy there; DataError unless its sha256 is the pin."""
+    given = given or os.environ.get(SDIST_ENV)
     path = Path(given).expanduser() if given else dest / SDIST
-    if not given:
+    if not given and not path.is_file():
         dest.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", "-d", str(dest), SDIST_SPEC]
