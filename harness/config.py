@@ -55,6 +55,9 @@ class BaselineSpec(Strict):
         description="'embedded:smollm2-135m', a local .gguf file or HF checkpoint folder",
     )
     runtime: RuntimeSpec
+    #: score the baseline this many times (each repeat its own stored result) and report its
+    #: run-to-run spread per metric: the noise floor a gate cannot FAIL within (1: once)
+    repeats: int = Field(1, ge=1, le=20)
 
 
 class CandidateSpec(Strict):
@@ -92,6 +95,14 @@ GateSpec = _gate_union()
 GATE_KINDS = _gate_kinds()
 
 
+class CalibrationOverlapRule(Strict):
+    """A candidate whose calibration text shares a 13-gram with more than
+    ``max_item_fraction`` of a suite's items is FAILed (``blocks``) or INCONCLUSIVE."""
+
+    max_item_fraction: float = Field(0.0, ge=0, le=1)
+    blocks: bool = True
+
+
 class GatePolicy(Strict):
     name: str = "inline"
     description: str = ""
@@ -102,6 +113,11 @@ class GatePolicy(Strict):
     #: fewest paired items (0/1 scores) a paired gate decides on; default: the statistics'
     #: own floor (100). Lower it knowingly: below ~100 the interval's error rate is not checked.
     min_items: int | None = Field(None, ge=10)
+    #: family-wise error across a candidate's paired gates: "holm" tests each gate's FAIL at
+    #: a Holm-Bonferroni adjusted level (a PASS is not adjusted); "none": each at alpha
+    multiple_testing: Literal["none", "holm"] = "none"
+    #: calibration text that shares n-grams with a suite's items (``harness.overlap``)
+    calibration_overlap: CalibrationOverlapRule | None = None
     gates: list[GateSpec]
 
 

@@ -74,6 +74,9 @@ class Verdict(_Model):
     text: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     paired: bool | None = None
+    #: the level this gate's FAIL was tested at after a family-wise correction across the
+    #: candidate's paired gates (policy ``multiple_testing: holm``); None: no correction
+    adjusted_alpha: float | None = None
 
 
 class StageError(_Model):
@@ -140,6 +143,14 @@ class Record(_Model):
     verdicts: list[Verdict] = Field(default_factory=list)
     verdict: VerdictName | None = None
     seconds: float | None = None
+    #: suite id -> metric -> slice label -> per-slice figures with the paired interval
+    #: (suites whose items carry a slice label; filled when gates are decided)
+    slices: dict[str, Any] = Field(default_factory=dict)
+    #: suite id -> n-gram overlap of this candidate's calibration text with the suite's items
+    #: (``harness.overlap``); None: no calibration
+    calibration_overlap: dict[str, Any] | None = None
+    #: the baseline re-scored ``baseline.repeats`` times: metric -> values and spread
+    noise_floor: dict[str, Any] | None = None
 
     def fail(self, stage: str, message: str, log: str | None = None, tb: str | None = None) -> None:
         self.status = "error"

@@ -150,6 +150,7 @@ def evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str,
 
     for module in preload:
         importlib.import_module(module)
+    from harness.errors import SessionRefused
     from harness.journal import ItemJournal, journal_path
     from harness.suites import REGISTRY
 
@@ -176,10 +177,15 @@ def evaluate_worker(runtime_name: str, runtime_params: dict, artifact_path: str,
             t0 = time.perf_counter()
             size = max(1, suite.min_chunk_items, -(-len(items) // PROGRESS_CHUNKS))
             _write_progress(progress_path, job["id"], resumed, len(items))
-            for start in range(0, len(todo), size):
-                session.reset()  # each chunk scores as in a fresh session: resumed runs match
-                journal.append(suite.score(session, todo[start:start + size], params))
-                _write_progress(progress_path, job["id"], resumed + min(start + size, len(todo)), len(items))
+            try:
+                for start in range(0, len(todo), size):
+                    session.reset()  # each chunk scores as in a fresh session: resumed runs match
+                    journal.append(suite.score(session, todo[start:start + size], params))
+                    _write_progress(progress_path, job["id"], resumed + min(start + size, len(todo)), len(items))
+            except SessionRefused as exc:  # this suite cannot run on this session; the others go on
+                print(f"{job['id']}: refused: {exc}", flush=True)
+                out[job["id"]] = {"refused": str(exc), "load_info": session.info()}
+                continue
             out[job["id"]] = {"prepared": prepared, "records": journal.ordered(items), "resumed_items": resumed,
                               "seconds": round(time.perf_counter() - t0, 3), "load_info": session.info()}
     finally:
@@ -317,10 +323,11 @@ def baseline_items(suites: list[SuiteSpec], tokenizer_key: str, store: Store) ->
 
 
 def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], items: dict[str, SuiteItems],
-             store: Store, env: StageEnv) -> None:
+             store: Store, env: StageEnv, repeat: int = 0) -> None:
     """Every suite on ``rec``'s artifact: stored results are reused (by content key), the rest
     scored in one worker. Items a suite has not prepared yet (the baseline's first run) are
-    prepared there and stored; ``items`` is updated in place."""
+    prepared there and stored; ``items`` is updated in place. ``repeat`` > 0: a repeated
+    scoring of the same artifact (the noise floor), stored under its own result key."""
 
     runtime, rparams = runtime_and_params(runtime_spec)
     why = runtime.unavailable()
@@ -341,7 +348,7 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
             "artifact": artifact.key, "artifact_files": files_digest(artifact.manifest),
             "runtime": runtime.name, "versions": versions,
             "runtime_params": runtime.result_identity(rparams), "suite": suite.name,
-            "suite_version": suite.version, "items": entry.key})
+            "suite_version": suite.version, "items": entry.key, **({"repeat": repeat} if repeat else {})})
         cached = store.get_result(result_keys[spec.id]) if entry.items is not None else None
         seen[result_keys[spec.id]] = _stat(store.result_path(result_keys[spec.id]))
         if cached is not None:
@@ -357,15 +364,54 @@ def evaluate(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec], it
                 locks.enter_context(store.lock("results", key, on_wait=lambda line: env.progress.log(
                     f"  [{rec.name}] {line}")))
             jobs = [j for j in jobs if not _stored_meanwhile(rec, j, items[j["id"]], store, env, seen)]
-        _score_jobs(rec, runtime, rparams, artifact, jobs, items, store, env)
+        refused = _score_jobs(rec, runtime, rparams, artifact, jobs, items, store, env)
     for spec in suites:
+        if spec.id in refused:
+            continue
         suite, sparams = adapters[spec.id]
         result, entry = rec.suites[spec.id], items[spec.id]
         result.meta, result.items_key = entry.meta, entry.key
         result.metrics = {m: Metric(**{"better": suite.metrics.get(m), **v})
                           for m, v in suite.aggregate(entry.items, result.records, sparams).items()}
+        label_slices(result.records, entry.items)
         for m, v in result.metrics.items():
             rec.metrics[f"{spec.id}.{m}"] = v
+    if refused:  # the record is an error; the suites it could score keep their results
+        from harness.errors import SessionRefused
+
+        raise SessionRefused("; ".join(f"suite {sid}: {why}" for sid, why in refused.items()))
+
+
+def label_slices(records: list[dict], items: list[dict] | None) -> None:
+    """Copy each item's slice label (an MMLU subject, a JSON-format category, a custom
+    suite's ``slice``/language, set when the items were prepared) onto its record, where the
+    gates read it (per-slice metrics, ``max_slice_drop``)."""
+    labels = {it["id"]: it["slice"] for it in items or [] if it.get("slice") is not None}
+    if not labels:
+        return
+    for r in records:
+        if r.get("id") in labels:
+            r["slice"] = labels[r["id"]]
+
+
+def evaluate_repeats(rec: Record, runtime_spec: RuntimeSpec, suites: list[SuiteSpec],
+                     items: dict[str, SuiteItems], repeats: int, store: Store, env: StageEnv) -> None:
+    """Score ``rec`` (the baseline, already evaluated) ``repeats - 1`` more times, each repeat
+    under its own result key (never a cache hit of another), and record every metric's
+    values and its run-to-run spread in ``rec.noise_floor`` (``harness.stats.noise_floor``).
+    On a bit-deterministic runtime (llama.cpp on a CPU) the spread is 0."""
+    from harness.stats import noise_floor
+
+    values = {m: [v.value] for m, v in rec.metrics.items() if v.better is not None}
+    keys = []
+    for r in range(1, repeats):
+        again = Record(name=f"{rec.name}-repeat{r}", role=rec.role, artifact=rec.artifact)
+        evaluate(again, runtime_spec, suites, items, store, env, repeat=r)
+        keys.append({sid: entry.result_key for sid, entry in again.suites.items()})
+        for m, vals in values.items():
+            vals.append(again.value(m))
+    rec.noise_floor = {"repeats": repeats, "result_keys": keys,
+                       "metrics": {m: {"values": v, "floor": noise_floor(v)} for m, v in values.items()}}
 
 
 def _stat(path: Path) -> tuple | None:
@@ -397,10 +443,12 @@ def _stored_meanwhile(rec: Record, job: dict, entry: SuiteItems, store: Store, e
 
 
 def _score_jobs(rec: Record, runtime, rparams, artifact: ArtifactRef, jobs: list[dict],
-                items: dict[str, SuiteItems], store: Store, env: StageEnv) -> None:
-    """Score ``jobs`` in one worker; store their items (first run) and results."""
+                items: dict[str, SuiteItems], store: Store, env: StageEnv) -> dict[str, str]:
+    """Score ``jobs`` in one worker; store their items (first run) and results. Returns the
+    suites the session refused (id -> why)."""
     from harness.journal import journal_path
 
+    refused: dict[str, str] = {}
     result_keys = {j["id"]: j["result_key"] for j in jobs}
     if jobs:
         env.progress.log(f"  [{rec.name}] scoring {', '.join(j['id'] for j in jobs)} on {runtime.name}")
@@ -418,6 +466,10 @@ def _score_jobs(rec: Record, runtime, rparams, artifact: ArtifactRef, jobs: list
         for job in jobs:
             res = out[job["id"]]
             entry = items[job["id"]]
+            if "refused" in res:  # the session could not score this suite (its journal is kept)
+                refused[job["id"]] = res["refused"]
+                env.progress.step_finished(rec.name, job["id"], "error", res["refused"])
+                continue
             if res["prepared"] is not None:  # stored by the worker already
                 entry.items, entry.meta = res["prepared"]["items"], res["prepared"].get("meta") or {}
             stored = {"records": res["records"], "seconds": res["seconds"], "load_info": res["load_info"]}
@@ -430,6 +482,7 @@ def _score_jobs(rec: Record, runtime, rparams, artifact: ArtifactRef, jobs: list
             rate = f" ({n / s:.3g} items/s)" if s else ""
             kept = f", {resumed} from the journal" if resumed else ""
             env.progress.step_finished(rec.name, job["id"], "ok", f"{n} items in {s:.1f} s{rate}{kept}")
+    return refused
 
 
 def probe(rec: Record, runtime_spec: RuntimeSpec, probes: dict[str, dict], env: StageEnv) -> None:

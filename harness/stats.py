@@ -738,3 +738,68 @@ def max_increase_continuous(base_nll_sum: Any, cand_nll_sum: Any, n_tokens: Any,
                     {"ppl_base": ppl_b, "ppl_cand": ppl_c, "tokens": float(tok.sum()),
                      "se_boot_log_ratio": se_r, "alpha_expanded": a2, "n_boot": n_boot,
                      "seed": seed, "min_n": min_n})
+
+
+# ------------------------------------------------------------------ family-wise error across gates
+def holm_step_down(fails_at: list[Any], alpha: float) -> list[dict[str, Any]]:
+    """Holm-Bonferroni over k one-sided tests, each given as ``fails_at(level) -> bool``
+    (whether the test rejects its null, i.e. the gate FAILs, at ``level``; monotone: a
+    rejection at a level is one at every larger level).
+
+    Holm's procedure sorts the p-values and tests the i-th smallest at alpha/(k-i+1),
+    stopping at the first non-rejection. Without p-values the same decisions come from the
+    tests themselves: with m hypotheses left, every test that rejects at alpha/m is rejected
+    (its p-value is <= alpha/m, so it is among the smallest, and each later level is larger),
+    m shrinks by their number, and the procedure stops when none rejects. It controls the
+    probability of any false rejection at alpha whatever the dependence between the tests.
+
+    Returns, per test: ``rejected`` and ``level`` (the adjusted level it was last tested at:
+    where it was rejected, or the level at which the procedure stopped)."""
+    _check_alpha(alpha)
+    k = len(fails_at)
+    out: list[dict[str, Any]] = [{"rejected": False, "level": alpha / k if k else alpha} for _ in range(k)]
+    remaining = list(range(k))
+    while remaining:
+        level = alpha / len(remaining)
+        hits = [i for i in remaining if fails_at[i](level)]
+        for i in remaining:
+            out[i]["level"] = level
+        if not hits:
+            break
+        for i in hits:
+            out[i]["rejected"] = True
+        remaining = [i for i in remaining if i not in hits]
+    return out
+
+
+def holm_pvalues(p_values: list[float], alpha: float) -> list[bool]:
+    """The textbook Holm-Bonferroni on p-values (sorted, the i-th smallest at alpha/(k-i+1),
+    stopping at the first non-rejection): which hypotheses are rejected."""
+    k = len(p_values)
+    order = sorted(range(k), key=lambda i: p_values[i])
+    out = [False] * k
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (k - rank):
+            break
+        out[i] = True
+    return out
+
+
+# ------------------------------------------------------------------ noise floor
+def noise_floor(values: list[float]) -> float | None:
+    """The run-to-run spread of one metric over repeated scorings of the same model on the
+    same items: the largest distance of a repeat from the first (the baseline's value a gate
+    compares with), so a change within +-floor could be the runtime's own noise. None with
+    fewer than two finite values."""
+    x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if len(x) < 2:
+        return None
+    return float(max(abs(v - x[0]) for v in x[1:]))
+
+
+def paired_drop_bounds(base_only: Any, cand_only: Any, n: Any, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds :func:`max_drop_binary` uses (Tango's score interval, cc 0.5), vectorized
+    over arrays of discordant counts: (lower, upper), each one-sided at level ``alpha``. For
+    simulations of many gates at once."""
+    _check_alpha(alpha)
+    return _tango_bounds(base_only, cand_only, n, z_value(alpha))

@@ -48,6 +48,24 @@ def metric_names(plan: Plan) -> list[str]:
     return names
 
 
+def _probe_metric_hint(plan: Plan, metric: str) -> str | None:
+    """What a probe of the plan says about an unknown ``<probe>.<name>`` of its own (the serving
+    probe names the load levels the plan measures), or None."""
+    from harness.probes import REGISTRY as PROBES
+
+    probe, _, name = metric.partition(".")
+    if probe not in plan.probes or probe not in PROBES:
+        return None
+    cls = PROBES.get(probe)
+    hint = getattr(cls, "unknown_metric_hint", None)
+    if not callable(hint):
+        return None
+    try:
+        return hint(name, cls.Params.model_validate(plan.probes[probe] or {}))
+    except ValidationError:
+        return None
+
+
 def plan_metric_directions(plan: Plan) -> dict[str, str]:
     """metric name -> "higher" | "lower", as the plan's suites and probes declare them."""
     from harness.results import plan_directions
@@ -174,6 +192,9 @@ def check_plan(plan: Plan) -> list[str]:
             return
         runtime = RUNTIMES.get(spec.name)()
         rparams = _params(runtime.Params, spec.params, loc + ("params",), problems)
+        if rparams is not None:  # a server URL that does not answer, a launcher not installed
+            for where, why in runtime.check(rparams):
+                problems.append(f"{format_path(loc + ('params',) + where)}: {why}")
         # n_gpu_layers: auto (llama-cpp) is resolved by the memory-fit planner against a declared budget
         if getattr(rparams, "n_gpu_layers", None) == "auto" and getattr(rparams, "gpu_budget_gib", 0) is None:
             problems.append(f"{format_path(loc + ('params', 'n_gpu_layers'))}: 'auto' needs a GPU budget to plan "
@@ -245,9 +266,10 @@ def check_plan(plan: Plan) -> list[str]:
             problems.append(f"{format_path(loc + ('name',))}: duplicate gate name {gate.name!r}")
         gate_names.add(gate.name)
         if gate.metric not in known_metrics:
+            hint = _probe_metric_hint(plan, gate.metric)
             problems.append(
                 f"{format_path(loc + ('metric',))}: unknown metric {gate.metric!r}; "
-                f"metrics of this plan's suites and probes: {', '.join(known_metrics) or 'none'}"
+                + (hint or f"metrics of this plan's suites and probes: {', '.join(known_metrics) or 'none'}")
             )
         else:
             better = directions.get(gate.metric)
@@ -257,7 +279,46 @@ def check_plan(plan: Plan) -> list[str]:
 
                 problems.append(f"{format_path(loc + ('kind',))}: {why}; use "
                                 + ", ".join(repr(k) for k in kinds_for(better)) + " for it")
+            elif getattr(gate, "per_slice", False):
+                why = _slice_problem(plan, gate.metric)
+                if why:
+                    problems.append(f"{format_path(loc + ('metric',))}: {why}")
     return problems
+
+
+def suite_has_slices(suite: str, params: dict[str, Any]) -> bool:
+    """Whether a suite's items carry a slice label: a suite that stratifies its items (MMLU by
+    subject, JSON-format by category), or an lm-eval task file of your own (its documents'
+    ``slice``/``language`` field; checked when the items are prepared)."""
+    from harness.suites import REGISTRY as SUITES
+
+    if suite not in SUITES:
+        return False
+    return bool(getattr(SUITES.get(suite), "stratify_by", None) or params.get("task_file"))
+
+
+def _slice_problem(plan: Plan, metric: str) -> str | None:
+    spec = next((s for s in plan.suites if metric.startswith(s.id + ".")), None)
+    if spec is None or suite_has_slices(spec.suite, spec.params):
+        return None
+    from harness.suites import REGISTRY as SUITES
+
+    with_slices = [n for n in SUITES.names() if getattr(SUITES.get(n), "stratify_by", None)]
+    return (f"gate kind 'max_slice_drop' needs a suite whose items carry a slice label, but suite {spec.id!r} "
+            f"({spec.suite}) has none; suites with slices: {', '.join(with_slices)}, or an lm-eval task_file "
+            "whose documents have a 'slice' or 'language' field")
+
+
+def plan_warnings(plan: Plan) -> list[str]:
+    """What a plan may do wrong without being invalid (``quantgate validate`` prints each as a
+    ``warning:`` line, exit 0): a candidate that calibrates on text a suite evaluates
+    (``harness.overlap``: 13-grams shared between its calibration text and the suite's items)."""
+    from harness.overlap import overlap_warnings, plan_overlap
+
+    try:
+        return overlap_warnings(plan_overlap(plan, fetch=False))
+    except (OSError, ValueError, RuntimeError) as exc:  # texts that cannot be read here: not a verdict
+        return [f"calibration overlap not checked: {type(exc).__name__}: {exc}"]
 
 
 def _trusts_remote_code(value: Any) -> bool:
@@ -299,6 +360,15 @@ def availability(plan: Plan) -> list[str]:
                 notes.append(why)
     from harness.suites import REGISTRY as SUITES
 
+    suites = [(s.id, s.suite) for s in plan.suites]
+    for cand in plan.candidates:  # what a runtime can score of the plan's suites (a served model)
+        if cand.runtime.name in RUNTIMES:
+            runtime = RUNTIMES.get(cand.runtime.name)()
+            try:
+                params = runtime.Params.model_validate(cand.runtime.params)
+            except ValidationError:
+                continue
+            notes += [f"candidate {cand.name!r} ({runtime.name}): {n}" for n in runtime.plan_notes(params, suites)]
     for suite_name in dict.fromkeys(s.suite for s in plan.suites):
         why = SUITES.get(suite_name)().unavailable()
         if why:

@@ -6,7 +6,6 @@ embedded model (slow)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import yaml
@@ -157,16 +156,16 @@ def test_plan_refuses_quantized_v_without_flash_attn(tmp_path):
 
 # ------------------------------------------------------------------ real llama.cpp (slow)
 
-#: the windows the figures below are measured on: the first 4 x 1024 tokens of WikiText-2 test
+#: the windows the plan below is measured on: the first 4 x 1024 tokens of WikiText-2 test
 WINDOWS = {"context_length": 1024, "max_tokens": 4096}
 
 
 @pytest.fixture(scope="module")
-def kv_ppl(qg_home):
-    """Perplexity of the embedded model's F16 GGUF on 4 windows of 1024 tokens with an f16, a
-    q8_0 and a q4_0 KV cache (flash attention auto: on for the CPU, forced on for a quantized V)."""
-    import numpy as np
-
+def kv_sessions(qg_home):
+    """The embedded model's F16 GGUF loaded with an f16, a q8_0 and a q4_0 KV cache (flash
+    attention auto: on for the CPU, forced on for a quantized V): one 256-token window scored,
+    a greedy decode and a batch of two. (The perplexity figures come from the plan run below,
+    on the same three caches: the numbers are not measured twice.)"""
     from harness import baseline
     from harness.config import EMBEDDED_MODEL
     from harness.runtimes.llama_cpp import LlamaCppParams, LlamaCppRuntime
@@ -176,41 +175,37 @@ def kv_ppl(qg_home):
     rt = LlamaCppRuntime()
     out: dict[str, dict] = {}
     for kv in ("f16", "q8_0", "q4_0"):
-        session = rt.load(path, LlamaCppParams(n_threads=2, type_k=kv, type_v=kv), WINDOWS["context_length"])
+        session = rt.load(path, LlamaCppParams(n_threads=2, type_k=kv, type_v=kv), 256)
         try:
-            windows = token_windows(PerplexityParams(**WINDOWS), session)
-            lp = np.concatenate([session.token_logprobs(w) for w in windows])
+            window = token_windows(PerplexityParams(context_length=256, max_tokens=256), session)[0]
+            lp = session.token_logprobs(window)
             # the context swapped in for the quantized V cache still generates and batches
-            decode = session.greedy_decode(windows[0][:16], 4)
-            batch = session.greedy_decode_batch([windows[0][:16], windows[1][:16]], 4)
-            out[kv] = {"ppl": math.exp(-float(lp.mean())), "info": session.info(), "n": len(windows),
-                       "tokens": len(lp), "decode": decode, "batch": batch}
+            decode = session.greedy_decode(window[:16], 4)
+            batch = session.greedy_decode_batch([window[:16], window[16:32]], 4)
+            out[kv] = {"logprobs": lp, "info": session.info(), "decode": decode, "batch": batch}
         finally:
             session.close()
-    print("\nKV cache perplexity, embedded F16 GGUF, first 4 x 1024-token windows of WikiText-2 test:",
-          {kv: round(v["ppl"], 4) for kv, v in out.items()})
     return out
 
 
 @pytest.mark.slow
-def test_quantized_kv_changes_perplexity(kv_ppl):
-    f16, q8, q4 = (kv_ppl[k]["ppl"] for k in ("f16", "q8_0", "q4_0"))
-    assert kv_ppl["f16"]["n"] == 4 and kv_ppl["f16"]["tokens"] == 4 * 1023
-    assert 10 < f16 < 80, f16  # a sane model, not a broken load
-    assert q8 != f16 and q4 != f16
-    # q8_0 is close to f16; q4_0 moves at least as much (loosely: the direction, not a size)
-    assert abs(q8 / f16 - 1) < 0.02, (f16, q8)
-    assert abs(q4 / f16 - 1) >= 0.5 * abs(q8 / f16 - 1), (f16, q8, q4)
-    assert abs(q4 / f16 - 1) < 0.5, (f16, q4)
+def test_quantized_kv_scores_generates_and_batches(kv_sessions):
+    import numpy as np
+
+    f16 = kv_sessions["f16"]["logprobs"]
+    assert len(f16) == 255 and np.isfinite(f16).all()
     for kv in ("q8_0", "q4_0"):
-        assert len(kv_ppl[kv]["decode"]["tokens"][0]) == 4 and len(kv_ppl[kv]["batch"]["tokens"]) == 2
+        lp = kv_sessions[kv]["logprobs"]
+        assert lp.shape == f16.shape and not np.array_equal(lp, f16)  # the cache type took effect
+        assert abs(lp.mean() - f16.mean()) < 0.5, (kv, lp.mean(), f16.mean())  # not a broken load
+        assert len(kv_sessions[kv]["decode"]["tokens"][0]) == 4 and len(kv_sessions[kv]["batch"]["tokens"]) == 2
 
 
 @pytest.mark.slow
-def test_session_info_records_kv_types(kv_ppl):
-    assert kv_ppl["f16"]["info"]["kv_cache"] == {"type_k": "f16", "type_v": "f16"}
+def test_session_info_records_kv_types(kv_sessions):
+    assert kv_sessions["f16"]["info"]["kv_cache"] == {"type_k": "f16", "type_v": "f16"}
     for kv in ("q8_0", "q4_0"):
-        info = kv_ppl[kv]["info"]
+        info = kv_sessions[kv]["info"]
         assert info["kv_cache"]["type_k"] == kv and info["kv_cache"]["type_v"] == kv
         assert "flash attention" in info["kv_cache"]["note"]
         assert info["flash_attn"] == {"requested": "auto", "resolved": "on"}
@@ -270,7 +265,13 @@ def test_kv_plan_runs_and_report_names_the_pair(kv_run):
     assert cands["f16-kv-q8"]["metrics"]["size.bytes"]["value"] == base["metrics"]["size.bytes"]["value"]
     ppl = {n: r["metrics"][f"{suite}.ppl"]["value"] for n, r in [("f16", base), *cands.items()]}
     print("\nkv-cache plan (4 x 1024 tokens):", ppl)
-    assert ppl["f16-kv-q8"] != ppl["f16"] and ppl["f16-kv-q4"] != ppl["f16"]
+    f16, q8, q4 = ppl["f16"], ppl["f16-kv-q8"], ppl["f16-kv-q4"]
+    assert 10 < f16 < 80, f16  # a sane model, not a broken load
+    assert q8 != f16 and q4 != f16
+    # q8_0 is close to f16; q4_0 moves at least as much (loosely: the direction, not a size)
+    assert abs(q8 / f16 - 1) < 0.02, (f16, q8)
+    assert abs(q4 / f16 - 1) >= 0.5 * abs(q8 / f16 - 1), (f16, q8, q4)
+    assert abs(q4 / f16 - 1) < 0.5, (f16, q4)
     info = cands["f16-kv-q8"]["suites"][suite]["load_info"]
     assert info["kv_cache"]["type_k"] == "q8_0" and info["kv_cache"]["type_v"] == "q8_0"
     assert cands["f16-kv-q4"]["runtime"]["params"]["type_v"] == "q4_0"

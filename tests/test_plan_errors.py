@@ -78,7 +78,7 @@ CASES = [
      ["gates[0].max:", "greater than 0", "got -1"]),
     ("duplicate-candidate", _dup, ["candidates[2].name: duplicate name 'q8_0' (also candidates[0].name)"]),
     ("unknown-gate-kind", _inline_gates([{"name": "g", "kind": "max_pct", "metric": "size.gib", "max": 1}]),
-     ["gates[0].kind: unknown gate kind 'max_pct'", "allowed: max_drop, max_drop_pct, max_increase_pct, max_value, min_ratio, min_value"]),
+     ["gates[0].kind: unknown gate kind 'max_pct'", "allowed: max_drop, max_drop_pct, max_increase_pct, max_slice_drop, max_value, min_ratio, min_value"]),
     ("unknown-metric", _inline_gates([{"name": "g", "kind": "max_value", "metric": "wikitext2.pplx", "max": 1}]),
      ["gates[0].metric: unknown metric 'wikitext2.pplx'", "wikitext2.ppl"]),
     ("missing-baseline", lambda d: d.pop("baseline"), ["baseline: required key is missing"]),

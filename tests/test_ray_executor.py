@@ -172,7 +172,7 @@ def test_embedded_model_on_ray_matches_the_local_executor(cluster, tmp_path):
             "candidates": [{"name": "q8_0", "quantizer": {"method": "gguf", "params": {"type": "Q8_0"}},
                             "runtime": llama}],
             "suites": [{"suite": "perplexity", "name": "wiki",
-                        "params": {"dataset": "wikitext2", "context_length": 512, "max_tokens": 2048}}],
+                        "params": {"dataset": "wikitext2", "context_length": 512, "max_tokens": 1024}}],
             "probes": {"size": {}},
             "gates": {"gates": [{"name": "ppl", "kind": "max_value", "metric": "wiki.ppl", "max": 60}]},
             "tracking": {"enabled": False}}

@@ -35,6 +35,7 @@ REGISTRY = Registry(
         "min_ratio": "harness.gates.min_ratio:MinRatio",
         "max_value": "harness.gates.max_value:MaxValue",
         "min_value": "harness.gates.min_value:MinValue",
+        "max_slice_drop": "harness.gates.max_slice_drop:MaxSliceDrop",
     },
     base="harness.gates.base:Gate",
 )
@@ -88,11 +89,13 @@ def paired_items(cand: Record, base: Record | None, metric: str) -> dict[str, An
     if not ids:
         return None
     c_by_id = {r["id"]: r for r in c_recs}
+    labels = _slice_labels(b_by_id, ids)
+    extra = {"slices": labels} if labels is not None else {}
     if name in PPL_DENOMINATOR and all("logprob_sum" in c_by_id[i] for i in ids):
         den = PPL_DENOMINATOR[name]
         if not all(b_by_id[i].get(den) for i in ids):
             return None
-        return {"kind": "perplexity", "ids": ids,
+        return {"kind": "perplexity", "ids": ids, **extra,
                 "base_nll": np.array([-b_by_id[i]["logprob_sum"] for i in ids]),
                 "cand_nll": np.array([-c_by_id[i]["logprob_sum"] for i in ids]),
                 "denominator": np.array([float(b_by_id[i][den]) for i in ids])}
@@ -102,7 +105,80 @@ def paired_items(cand: Record, base: Record | None, metric: str) -> dict[str, An
     except (KeyError, TypeError):
         return None
     binary = bool(np.isin(bv, (0.0, 1.0)).all() and np.isin(cv, (0.0, 1.0)).all())
-    return {"kind": "binary" if binary else "continuous", "ids": ids, "base": bv, "cand": cv}
+    return {"kind": "binary" if binary else "continuous", "ids": ids, "base": bv, "cand": cv, **extra}
+
+
+def _slice_labels(b_by_id: dict[str, dict], ids: list[str]) -> list[str] | None:
+    """The slice label of each item (``slice`` in the baseline's records: an MMLU subject, a
+    JSON-format category), or None when any item has none."""
+    labels = [b_by_id[i].get("slice") for i in ids]
+    if not labels or any(lab is None for lab in labels):
+        return None
+    return [str(lab) for lab in labels]
+
+
+def split_slices(pairs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Paired items (``paired_items``) split by slice label: label -> the same kind of dict
+    restricted to that slice's items ({} without labels)."""
+    labels = pairs.get("slices")
+    if not labels:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    arrays = [k for k, v in pairs.items() if isinstance(v, np.ndarray)]
+    for lab in sorted(set(labels)):
+        idx = np.array([i for i, x in enumerate(labels) if x == lab])
+        part = {k: v for k, v in pairs.items() if k not in arrays and k not in ("ids", "slices")}
+        part.update({k: pairs[k][idx] for k in arrays})
+        part["ids"] = [pairs["ids"][i] for i in idx]
+        out[lab] = part
+    return out
+
+
+def slice_interval(part: dict[str, Any], alpha: float) -> dict[str, Any] | None:
+    """One slice's paired change with its two-sided (1 - 2 alpha) interval: an absolute drop
+    (base - cand) for scores, a percent change for perplexities."""
+    from harness import stats
+
+    n = len(part["ids"])
+    if part["kind"] == "binary":
+        d = stats.max_drop_binary(part["base"], part["cand"], 0.0, alpha=alpha, min_n=1)
+        base, cand, units = float(part["base"].mean()), float(part["cand"].mean()), "drop"
+    elif part["kind"] == "continuous":
+        d = stats.max_drop_continuous(part["base"], part["cand"], 0.0, alpha=alpha, min_n=1)
+        base, cand, units = float(part["base"].mean()), float(part["cand"].mean()), "drop"
+    elif part["kind"] == "perplexity":
+        den = part["denominator"].sum()
+        d = stats.max_increase_continuous(part["base_nll"], part["cand_nll"], part["denominator"], 0.0,
+                                          alpha=alpha, min_n=1)
+        base, cand, units = (math.exp(part["base_nll"].sum() / den), math.exp(part["cand_nll"].sum() / den),
+                             "change_pct")
+    else:
+        return None
+    return {"n": n, "base": base, "cand": cand, "units": units, "estimate": _finite(d.estimate),
+            "lower": _finite(d.lower), "upper": _finite(d.upper)}
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def slice_table(cand: Record, base: Record | None, alpha: float) -> dict[str, Any]:
+    """suite id -> metric -> slice -> {n, base, cand, units, estimate, lower, upper}: every
+    metric with per-item records on items that carry a slice label, paired item by item."""
+    out: dict[str, Any] = {}
+    if base is None or cand.status != "ok":
+        return out
+    for sid, entry in cand.suites.items():
+        for m in entry.metrics:
+            pairs = paired_items(cand, base, f"{sid}.{m}")
+            if pairs is None or not pairs.get("slices"):
+                continue
+            rows = {lab: row for lab, part in split_slices(pairs).items()
+                    if (row := slice_interval(part, alpha)) is not None}
+            if rows:
+                out.setdefault(sid, {})[m] = rows
+    return out
 
 
 def _single_items(rec: Record, metric: str) -> np.ndarray | None:
@@ -177,7 +253,115 @@ def evaluate_gate(gate: Gate, cand: Record, base: Record | None, alpha: float = 
 
 
 def evaluate_policy(policy: Any, cand: Record, base: Record | None) -> list[Verdict]:
-    return [evaluate_gate(g, cand, base, policy.alpha, policy.min_items) for g in policy.gates]
+    """Every gate of ``policy`` on a candidate, then what the policy adds across gates: the
+    Holm-Bonferroni correction over the paired gates (``multiple_testing: holm``), the
+    baseline's noise floor (a change within the baseline's own run-to-run spread cannot
+    FAIL), and the calibration-overlap rule. ``quantgate gate`` and a release verify call
+    this same function, so a re-decision matches the run's."""
+    verdicts = [evaluate_gate(g, cand, base, policy.alpha, policy.min_items) for g in policy.gates]
+    if getattr(policy, "multiple_testing", "none") == "holm":
+        _holm(policy, verdicts, cand, base)
+    _noise_floor(policy, verdicts, base)
+    rule = getattr(policy, "calibration_overlap", None)
+    if rule is not None and cand.calibration_overlap:
+        verdicts += overlap_verdicts(rule, cand.calibration_overlap)
+    return verdicts
+
+
+def _holm(policy: Any, verdicts: list[Verdict], cand: Record, base: Record | None) -> None:
+    """Holm-Bonferroni over the candidate's paired gates: a FAIL stands only where the gate
+    also FAILs at its adjusted level (``harness.stats.holm_step_down``); the others become
+    INCONCLUSIVE. A PASS is not adjusted: a candidate passes only when every gate passes,
+    which already bounds a false PASS by alpha."""
+    from harness.stats import holm_step_down
+
+    family = [i for i, v in enumerate(verdicts) if v.paired and v.verdict in (PASS, FAIL, INCONCLUSIVE)]
+    if not family:
+        return
+    gates = {g.name: g for g in policy.gates}
+    redone: dict[tuple[int, float], Verdict] = {}
+
+    def test(i: int):
+        def fails_at(level: float) -> bool:
+            v = verdicts[i]
+            if v.verdict != FAIL:  # not a FAIL at alpha: not at any smaller level either
+                return False
+            if level >= policy.alpha:
+                return True
+            if (i, level) not in redone:
+                redone[(i, level)] = evaluate_gate(gates[v.gate], cand, base, level, policy.min_items)
+            return redone[(i, level)].verdict == FAIL
+        return fails_at
+
+    out = holm_step_down([test(i) for i in family], policy.alpha)
+    k = len(family)
+    for i, res in zip(family, out, strict=True):
+        v = verdicts[i]
+        level = res["level"]
+        v.adjusted_alpha = level
+        v.details = {**v.details, "multiple_testing": {"method": "holm", "family": k, "alpha": policy.alpha,
+                                                        "level": level, "rejected": res["rejected"]}}
+        if v.verdict != FAIL:
+            continue
+        if res["rejected"]:
+            if level < policy.alpha:  # the evidence at the adjusted level
+                again = redone[(i, level)]
+                v.lower, v.upper, v.text = again.lower, again.upper, again.text
+                v.reason = f"{again.reason} [Holm: FAIL at {level:.3g} of {k} paired gates]"
+            continue
+        v.verdict = INCONCLUSIVE
+        v.reason = (f"{v.reason} [Holm over {k} paired gates: not a FAIL at the adjusted level {level:.3g} "
+                    f"(alpha {policy.alpha:g})]")
+
+
+def _noise_floor(policy: Any, verdicts: list[Verdict], base: Record | None) -> None:
+    """A relative gate whose observed change (candidate - baseline, metric units) lies within
+    the baseline's own run-to-run spread (``baseline.repeats``) cannot FAIL on it."""
+    floors = ((base.noise_floor or {}).get("metrics") or {}) if base is not None else {}
+    if not floors:
+        return
+    repeats = (base.noise_floor or {}).get("repeats")
+    kinds = {g.name: g for g in policy.gates}
+    for v in verdicts:
+        g = kinds.get(v.gate)
+        if v.verdict != FAIL or g is None or not g.relative or getattr(g, "per_slice", False):
+            continue
+        floor = (floors.get(v.metric) or {}).get("floor")
+        if floor is None or v.value is None or v.baseline is None:
+            continue
+        change = v.value - v.baseline
+        if abs(change) <= floor:
+            v.verdict = INCONCLUSIVE
+            v.details = {**v.details, "noise_floor": {"floor": floor, "change": change, "repeats": repeats}}
+            v.reason = (f"{v.reason}; {v.metric} changed by {change:+.4g}: within the baseline's own run-to-run "
+                        f"spread ±{floor:.4g} ({repeats} repeats), so not a FAIL")
+
+
+def overlap_verdicts(rule: Any, overlap: dict[str, Any]) -> list[Verdict]:
+    """The policy's ``calibration_overlap`` rule on a candidate's measured overlap: FAIL (or
+    INCONCLUSIVE when it does not block) where a suite's share of items that share a 13-gram
+    with the calibration text exceeds ``max_item_fraction``; one PASS otherwise."""
+    limit = rule.max_item_fraction
+    checked = {sid: o for sid, o in overlap.items() if o.get("checked")}
+    if not checked:
+        return []
+    over = {sid: o for sid, o in checked.items() if (o.get("item_fraction") or 0.0) > limit}
+    if not over:
+        worst = max((o.get("item_fraction") or 0.0 for o in checked.values()), default=0.0)
+        return [Verdict(gate="calibration-overlap", kind="calibration_overlap", metric="calibration.item_overlap",
+                        value=worst, verdict=PASS, threshold=limit,
+                        reason=f"calibration shares no 13-gram with more than {limit:.3g} of any suite's items")]
+    out = []
+    for sid, o in over.items():
+        verdict = FAIL if rule.blocks else INCONCLUSIVE
+        out.append(Verdict(
+            gate="calibration-overlap", kind="calibration_overlap", metric=f"{sid}.calibration_item_overlap",
+            value=o["item_fraction"], verdict=verdict, threshold=limit, details=dict(o),
+            reason=(f"calibration overlaps suite {sid}: {o['items_overlapping']} of {o['items']} items "
+                    f"({100 * o['item_fraction']:.1f}%) share a 13-gram with the calibration text, "
+                    f"{100 * (o.get('calibration_fraction') or 0.0):.1f}% of its 13-grams are in the suite "
+                    f"(max {100 * limit:g}% of items): {verdict}")))
+    return out
 
 
 def overall(status: str, verdicts: list[Verdict]) -> str:
@@ -213,6 +397,7 @@ def decide(results: RunResults, policy: Any) -> RunResults:
     for rec in results.candidates:
         rec.verdicts = evaluate_policy(policy, rec, base)
         rec.verdict = overall(rec.status, rec.verdicts)
+        rec.slices = slice_table(rec, base, policy.alpha)
     code = exit_code([r.verdict for r in results.candidates], policy.inconclusive_blocks)
     results.policy = policy.model_dump(mode="json")
     results.approved = [r.name for r in results.candidates if r.verdict == PASS]

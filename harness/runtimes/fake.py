@@ -50,6 +50,9 @@ message, then ``<|assistant|>\\n``. Plain bytes, no special token.
 ``threads`` (recorded only; the model runs single-threaded numpy) and ``decode_delay_ms``
 (a sleep after each token the speed probes decode, ``greedy_decode``/``greedy_decode_batch``;
 the suites' ``generate`` is not slowed): a slow runtime on demand, for speed gates.
+``score_noise`` (with ``score_noise_seed``) changes scores: Gaussian noise on the scoring's
+logits, fresh each session unless seeded, to stand in for a runtime that is not
+bit-deterministic (the baseline's noise floor, ``baseline.repeats``).
 """
 
 from __future__ import annotations
@@ -508,6 +511,13 @@ class FakeParams(BaseModel):
     score_delay_ms: float = Field(0.0, ge=0, description=(
         "sleep per scored sequence (token_distributions: perplexity and fidelity windows): a suite that "
         "takes a while, to interrupt and resume in tests"))
+    score_noise: float = Field(0.0, ge=0, le=10, description=(
+        "test tool: Gaussian noise of this standard deviation (nats) added to every logit the scoring "
+        "computes (token_distributions, next_token_distribution), as a runtime that is not bit-deterministic "
+        "(GPU batching, thread counts) scores the same model slightly differently from run to run"))
+    score_noise_seed: int | None = Field(None, ge=0, description=(
+        "the noise's seed: null draws fresh entropy for each session (run-to-run noise: two scorings of "
+        "one model differ); an integer repeats the same draws in every session"))
 
 
 class FakeSession(Session):
@@ -518,6 +528,7 @@ class FakeSession(Session):
         self.n_ctx = int(n_ctx)
         self.params = params
         self.path = path
+        self._noise = np.random.default_rng(params.score_noise_seed) if params.score_noise else None
 
     def info(self) -> dict[str, Any]:
         q = self.model.meta.get("quantization")
@@ -552,13 +563,18 @@ class FakeSession(Session):
         self._check(len(ids))
         if self.params.score_delay_ms:
             time.sleep(self.params.score_delay_ms / 1000.0)
-        return log_softmax(self.model.logits(list(ids)))
+        return log_softmax(self._noisy(self.model.logits(list(ids))))
 
     def next_token_distribution(self, context: list[int]) -> np.ndarray:
         self._check(len(context))
         s = self.model.stream()
         s.push(context)
-        return log_softmax(s.next_logits())
+        return log_softmax(self._noisy(s.next_logits()))
+
+    def _noisy(self, logits: np.ndarray) -> np.ndarray:
+        if self._noise is None:
+            return logits
+        return logits + self.params.score_noise * self._noise.standard_normal(logits.shape)
 
     # ---- generation
     def generate(self, prompt: list[int], max_new_tokens: int, stop: list[str]) -> str:
@@ -645,6 +661,15 @@ class FakeRuntime(Runtime):
 
     def versions(self) -> dict[str, str]:
         return {"quantgate-fake": f"{FILE_FORMAT} fit {FIT_VERSION}", "numpy": np.__version__}
+
+    def result_identity(self, params: FakeParams) -> dict[str, Any]:
+        """The score noise changes scores (it is in result keys); without it the keys are as
+        before it existed."""
+        d = super().result_identity(params)
+        if not params.score_noise:
+            d.pop("score_noise", None)
+            d.pop("score_noise_seed", None)
+        return d
 
     def load(self, path: Path, params: FakeParams, n_ctx: int) -> FakeSession:
         path = Path(path)

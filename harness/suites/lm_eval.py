@@ -126,13 +126,21 @@ class LmEvalSuite(Suite):
             return sorted(chosen)
         return sorted(rng.sample(range(n), params.limit))
 
+    def slice_of(self, doc: dict) -> dict[str, str]:
+        """The document's slice label for per-slice metrics: its ``slice`` or ``language``
+        field, else the field that stratifies the subset (MMLU subject, JSON-format category)."""
+        for key in ("slice", "language", self.stratify_by):
+            if key and doc.get(key) not in (None, ""):
+                return {"slice": str(doc[key])}
+        return {}
+
     # ---- the suite interface
     def prepare(self, params: BaseModel, session) -> dict[str, Any]:
         task = self.build_task(params)
         docs = list(task.eval_docs)
         chosen = self.select(docs, params)
         items = [{"id": str(docs[i].get("id", i)), "doc_index": i,
-                  "prompt_hash": _sha(str(task.doc_to_text(docs[i])))} for i in chosen]
+                  "prompt_hash": _sha(str(task.doc_to_text(docs[i]))), **self.slice_of(docs[i])} for i in chosen]
         meta = {"task": task.config.task, "task_file": str(self.task_path(params)), "source": params.source,
                 "documents": len(docs), "items": len(items),
                 "num_fewshot": getattr(params, "num_fewshot", task.config.num_fewshot),
