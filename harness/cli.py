@@ -1,4 +1,5 @@
-"""Command line: quantgate validate | run | gate | log | compare | trend | plan-memory | init | data fetch.
+"""Command line: quantgate validate | run | gate | log | compare | trend | release | verify | plan-memory | init |
+data fetch.
 
 Exit codes: 0 every candidate passed, 1 a gate failed, 2 bad input or an error.
 User errors print one line per problem and no traceback.
@@ -199,6 +200,10 @@ def cmd_validate(
           f"{len(p.candidates)} candidates, {len(p.suites)} suites, {len(p.policy().gates)} gates")
     for note in availability(p):
         print(f"note: {note}")
+    from harness.validate import plan_warnings
+
+    for line in plan_warnings(p):
+        print(f"warning: {line}")
     return 0
 
 
@@ -478,6 +483,83 @@ def cmd_log(
         print(f"note: {len(tracking['errors'])} logging steps failed (results.json: tracking.errors)")
     return 0
 
+
+
+@app.command("release")
+@_handled
+def cmd_release(
+    run: Annotated[str, typer.Argument(help="A stored run: its folder, its results.json, or its run id under "
+                                       "--reports-dir.", metavar="RUN", show_default=False)],
+    out: Annotated[str, typer.Option("--out", help="The bundle folder to write (new or empty).", show_default=False)],
+    candidates: Annotated[str | None, typer.Option(
+        "--candidates", help="Comma-separated candidates to release (default: the approved ones).",
+        show_default=False)] = None,
+    include_artifacts: Annotated[bool, typer.Option(
+        "--include-artifacts", help="Copy the artifacts' files into the bundle (default: referenced by sha256).")] = False,
+    allow_unapproved: Annotated[bool, typer.Option(
+        "--allow-unapproved", help="Release a named candidate that its run did not approve.")] = False,
+    require_tracking: Annotated[bool, typer.Option(
+        "--require-tracking", help="Exit 2 when the bundle cannot be logged to the run's MLflow parent run.")] = False,
+    base_model: Annotated[str | None, typer.Option(
+        "--base-model", help="The baseline's Hugging Face id for the model card (default: known for the embedded "
+                             "model, else a hub-like id in the plan).", show_default=False)] = None,
+    reports_dir: Annotated[str, typer.Option("--reports-dir", help="Where run ids are looked up.")] = "reports",
+) -> int:
+    """Write a release sign-off bundle of a stored run: manifest, model card, eval results, items, SHA256SUMS.
+
+    Exit 0: written (and verified); 1: the written bundle does not verify; 2: bad input (or
+    MLflow could not take it under --require-tracking).
+    """
+    from harness import release, verify
+
+    results, path = release.resolve_run(run, Path(reports_dir))
+    names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    bundle = Path(out)
+    manifest, notes = release.build(results, path.parent, bundle, names, include=include_artifacts,
+                                    allow_unapproved=allow_unapproved, base_model=base_model, shown_as=out)
+    for note in notes:
+        print(f"note: {note}")
+    digest = release.bundle_sha256(bundle)
+    print(f"release: {', '.join(manifest.released)} of run {results.run_id} -> {bundle} "
+          f"({len(manifest.files) + 2} files, bundle sha256 {digest})")
+    status, line = release.log_to_mlflow(results, path.parent, bundle, digest)
+    if status == "logged":
+        print(line)
+    elif require_tracking:
+        raise release.ReleaseError(f"--require-tracking: {line} (the bundle is written: {bundle})")
+    else:
+        print(f"note: {line}" if status == "off" else f"warning: {line}; the bundle is written")
+    report = verify.verify(bundle)
+    for line in report.mismatches:
+        print(f"MISMATCH {line}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+@app.command("verify")
+@_handled
+def cmd_verify(
+    bundle: Annotated[str, typer.Argument(help="A release bundle (quantgate release --out DIR).", metavar="DIR",
+                                          show_default=False)],
+    artifacts: Annotated[str | None, typer.Option(
+        "--artifacts", help="Where the artifacts referenced by hash are: a folder per candidate or artifact key, "
+                            "or a quantgate store.", show_default=False)] = None,
+) -> int:
+    """Re-hash a release bundle and re-decide every gate from its items; no model is loaded.
+
+    Exit 0: everything matches; 1: a file or a gate differs (each named); 2: not a bundle.
+    """
+    from harness import verify
+
+    report = verify.verify(Path(bundle), Path(artifacts) if artifacts else None)
+    for line in report.mismatches:
+        print(f"MISMATCH {line}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(report.summary())
+    return 0 if report.ok else 1
 
 @app.command("plan-memory")
 @_handled

@@ -21,14 +21,29 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def describe() -> dict:
+def distributions() -> dict[str, str]:
+    """Every distribution this interpreter can import (``importlib.metadata``): name -> version,
+    sorted by name; the first found on ``sys.path`` wins, as for an import."""
+    from importlib.metadata import distributions as dists
+
+    out: dict[str, str] = {}
+    for d in dists():
+        name = (d.metadata["Name"] or "").strip()
+        if name and name not in out:
+            out[name] = d.version
+    return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
+
+
+def describe(all_distributions: bool = False) -> dict:
+    """This machine and the key package versions; ``all_distributions``: also every installed
+    distribution (``distributions``), as a run records it once for its release bundle."""
     import psutil
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         usable = os.cpu_count()
-    return {
+    out = {
         "hostname": platform.node(),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -38,3 +53,6 @@ def describe() -> dict:
         "gpu": None,
         "packages": {p: package_version(p) for p in PACKAGES},
     }
+    if all_distributions:  # the run interpreter's whole package list
+        out["distributions"] = distributions()
+    return out

@@ -199,7 +199,10 @@ def run_baseline_main(task: BaselineTask, progress: Progress, where: dict | None
             baseline_paths[base.artifact.format] = base.artifact.path
             # the baseline's tokenizer (its artifact) fixes the items every candidate scores
             items = stages.baseline_items(task.suites, base.artifact.key, run.store)
-            run("evaluate", stages.evaluate, base, spec.runtime, task.suites, items, run.store, run.env)
+            if run("evaluate", stages.evaluate, base, spec.runtime, task.suites, items, run.store, run.env) \
+                    and spec.repeats > 1:  # the noise floor: the same artifact scored again
+                run("repeat", stages.evaluate_repeats, base, spec.runtime, task.suites, items, spec.repeats,
+                    run.store, run.env)
             if any(i.items is None for i in items.values()):
                 items = None
     base.seconds = round(time.perf_counter() - t0, 2)
@@ -304,11 +307,30 @@ class Runner:
             started=started.isoformat(timespec="seconds"),
             finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             wall_seconds=round(time.perf_counter() - t_run, 2),
-            machine=machine.describe(),
+            machine=machine.describe(all_distributions=True),
             environment={k: os.environ[k] for k in ("OMP_WAIT_POLICY", "QUANTGATE_DATA") if k in os.environ},
             executor=where,
             baseline=outcomes[0].record,
             candidates=[o.record for o in outcomes[1:]],
             store_integrity=[e for o in outcomes for e in o.integrity],
         )
+        self._calibration_overlap(results)
         return gates.decide(results, policy)
+
+    def _calibration_overlap(self, results: RunResults) -> None:
+        """Each calibrating candidate's 13-gram overlap with every suite's items
+        (``harness.overlap``), before the gates are decided (the policy may block on it)."""
+        if not any(c.quantizer.calibration for c in self.plan.candidates):
+            return
+        from harness.overlap import overlap_warnings, plan_overlap
+
+        try:
+            found = plan_overlap(self.plan)
+        except Exception as exc:  # a measurement, not a stage: say so and go on
+            self.log(f"calibration overlap not measured: {type(exc).__name__}: {exc}")
+            return
+        for rec in results.candidates:
+            if rec.name in found:
+                rec.calibration_overlap = found[rec.name]
+        for line in overlap_warnings(found):
+            self.log(f"warning: {line}")

@@ -39,13 +39,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # stdlib/numpy-level utilities: no harness import outside this layer
     ("foundation", ("harness", "harness.errors", "harness.registry", "harness.stats", "harness.store",
                     "harness.isolate", "harness.resources", "harness.progress", "harness.machine",
-                    "harness.sandbox", "harness.journal", "harness.failures", "harness.gguf_check")),
+                    "harness.sandbox", "harness.journal", "harness.failures", "harness.gguf_check",
+                    "harness.loadgen")),
     # the plan and result schemas; pinned data and the text sources built on it
     ("schemas & data", ("harness.config", "harness.results", "harness.data", "harness.sources",
                         "harness.calibration", "harness.scoring")),
     # what works on plans and results: validation, gates, baselines, reports, tracking
-    ("services", ("harness.validate", "harness.gates.*", "harness.compare", "harness.baseline", "harness.converter",
-                  "harness.planner", "harness.report.*", "harness.tracking", "harness.history", "harness.init_plan")),
+    ("services", ("harness.validate", "harness.overlap", "harness.gates.*", "harness.compare", "harness.baseline", "harness.converter",
+                  "harness.planner", "harness.report.*", "harness.tracking", "harness.history", "harness.init_plan",
+                  "harness.release", "harness.verify")),
     # adapters: registries (package __init__) and one module per backend/suite/probe
     ("adapters", ("harness.runtimes.*", "harness.quantizers.*", "harness.suites.*", "harness.probes.*",
                   "harness.lmeval")),
