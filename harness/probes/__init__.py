@@ -26,6 +26,7 @@ REGISTRY = Registry(
         "latency": "harness.probes.latency:LatencyProbe",
         "roofline": "harness.probes.roofline:RooflineProbe",
         "memory": "harness.probes.memory:MemoryProbe",
+        "serving": "harness.probes.serving:ServingProbe",
     },
     base="harness.probes:Probe",
 )

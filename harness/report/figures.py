@@ -17,6 +17,7 @@ in the metric's units, from the gate's class (``harness.gates``).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -430,3 +431,73 @@ def suite_bars(results: RunResults) -> list[tuple[str, Figure]]:
         fig.suptitle(suite, fontsize=10)
         out.append((suite, fig))
     return out
+
+
+# ---------------------------------------------------------------- serving under load
+
+_SERVING = re.compile(r"^serving\.(?P<metric>[a-z0-9_]+?)_c(?P<c>[0-9]+)$")
+
+
+def serving_sweep(rec: Record) -> dict[int, dict[str, float]]:
+    """A record's serving-probe figures by concurrency: {C: {"ttft_ms_p50": v, ...}}."""
+    out: dict[int, dict[str, float]] = {}
+    for name in rec.metrics:
+        m = _SERVING.match(name)
+        v = metric_value(rec, name)
+        if m is not None and v is not None:
+            out.setdefault(int(m["c"]), {})[m["metric"]] = v
+    return dict(sorted(out.items()))
+
+
+def serving_workload(results: RunResults) -> str:
+    """The serving probe's workload in words (prompt and output lengths, requests per level),
+    from the first record's probe notes: said beside the latency figure."""
+    for r in records(results):
+        w = ((r.probe_notes or {}).get("serving") or {}).get("workload")
+        if w:
+            measured = w.get("prompt_tokens_measured") or {}
+            got = (f" (measured {measured['min']}–{measured['max']})" if measured else "")
+            return (f"prompt tokens {w.get('prompt_tokens')}{got}, {w.get('prompt_length_from')}; "
+                    f"output tokens {w.get('output_tokens')} (EOS ignored); {w.get('requests_per_level')} requests "
+                    f"per level, at most {w.get('max_seconds')} s; seed {w.get('seed')}")
+    return ""
+
+
+def serving_latency(results: RunResults) -> Figure | None:
+    """p50 (solid) and p95 (dashed) TTFT and end-to-end latency against concurrency, a line per
+    record that ran the serving probe; None when no record did."""
+    sweeps = [(r, serving_sweep(r)) for r in records(results)]
+    sweeps = [(r, s) for r, s in sweeps if s]
+    if not sweeps:
+        return None
+    fig = _fig(10.0, 3.8)
+    axes = fig.subplots(1, 2)
+    colors = ["#1f4e79", "#c62828", "#2e7d32", "#e69f00", "#6a3d9a", "#17becf", "#8c564b", "#7f7f7f"]
+    for ax, (key, title) in zip(axes, (("ttft_ms", "time to first token"), ("e2e_ms", "end-to-end latency")),
+                                strict=True):
+        for i, (r, sweep) in enumerate(sweeps):
+            color = colors[i % len(colors)]
+            for q, ls in (("p50", "-"), ("p95", "--")):
+                pts = [(c, figs[f"{key}_{q}"]) for c, figs in sweep.items() if f"{key}_{q}" in figs]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, marker="o", ms=3.5, color=color,
+                            lw=1.2, label=f"{label_of(r)} {q}")
+        gated = {g.metric for g in gate_objects(results)
+                 if (m := _SERVING.match(g.metric)) is not None and m["metric"].startswith(key + "_")}
+        for value, text in [(v, f"{t} (at {metric.rsplit('_', 1)[1]})") for metric in sorted(gated)
+                            for v, t in threshold_lines(results, metric)]:
+            ax.axhline(value, color="#b0b0b0", ls=":", lw=0.8)
+            ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=7, color="#777777")
+        levels = sorted({c for _, s in sweeps for c in s})
+        if len(levels) > 1 and levels[-1] / levels[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(levels)
+        ax.set_xticklabels([str(c) for c in levels])
+        ax.set_xlabel("concurrency (requests in flight)", fontsize=9)
+        ax.set_ylabel(f"{title} (ms, lower is better)", fontsize=9)
+        ax.set_title(f"{title}: p50 solid, p95 dashed", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, lw=0.4, alpha=0.5)
+        ax.legend(fontsize=6.5, loc="upper left", framealpha=0.8)
+    return fig

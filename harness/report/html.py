@@ -398,6 +398,8 @@ def _probe_table(results: RunResults) -> str:
     for r in recs:
         row: dict[str, Any] = {}
         for probe, vals in r.probes.items():
+            if probe == "serving":  # its own section (_serving_block): figures by load level
+                continue
             for k, v in vals.items():
                 row[f"{probe}.{k}" if k else probe] = v
         flat.append(row)
@@ -434,6 +436,31 @@ def _probe_table(results: RunResults) -> str:
             + table(headers, rows, num_cols=set(range(1, len(headers)))))
 
 
+def _serving_block(results: RunResults) -> str:
+    """The serving probe's sweep (a table per record) and latency-vs-concurrency figure, when a
+    record ran it."""
+    if not any(r.probes.get("serving") for r in F.records(results)):
+        return ""
+    from harness.report.markdown import SERVING_COLUMNS, plain_number, serving_levels
+
+    work = F.serving_workload(results)
+    tables = []
+    for r in F.records(results):
+        figs = r.probes.get("serving") or {}
+        rows = [[esc(lv), *(plain_number(figs.get(f"{k}_{lv}")) for k, _ in SERVING_COLUMNS)]
+                for lv in serving_levels(figs)]
+        if rows:
+            tables.append(f"<h3>{esc(F.label_of(r))}</h3>" + table(
+                ["level", *(esc(h) for _, h in SERVING_COLUMNS)], rows, num_cols=set(range(1, len(SERVING_COLUMNS) + 1))))
+    return ("<h2>Serving under load</h2><p class=small>cN: N requests in flight; rR: R requests/s; latencies in ms "
+            "(TTFT to the first token, ITL between tokens, e2e the whole request), percentiles of completed "
+            "requests.</p>" + "".join(tables) + (_figure_block(
+                lambda: F.serving_latency(results), "latency vs concurrency",
+                "serving probe: TTFT and end-to-end latency (p50 solid, p95 dashed) against requests in flight, "
+                "streaming /v1/completions" + (f"; {work}" if work else "") + "; dotted lines: gate limits.")
+                if any(F.serving_sweep(r) for r in F.records(results)) else ""))
+
+
 def _planner_table(results: RunResults) -> str:
     from harness.report.markdown import planner_lines
 
@@ -446,6 +473,14 @@ def _planner_table(results: RunResults) -> str:
     body = [[esc(c) for c in cells(ln)] for ln in rows]
     return ("<h2>Memory plan vs measured</h2><p class=small>" + esc(intro).replace("`", "") + "</p>"
             + table(headers, body, num_cols=set(range(1, len(headers) - 1))))
+
+
+def _statistics_tables(results: RunResults) -> str:
+    from harness.report.markdown import statistics_tables
+
+    return "".join(f"<h2>{esc(title)}</h2><p class=small>{esc(intro)}</p>"
+                   + table([esc(h) for h in headers], [[esc(c) for c in row] for row in rows])
+                   for title, intro, headers, rows in statistics_tables(results))
 
 
 def _errors(results: RunResults) -> str:
@@ -477,12 +512,16 @@ def _plan(results: RunResults) -> str:
 def _machine(results: RunResults) -> str:
     m = dict(results.machine)
     packages = m.pop("packages", None) or {}
+    distributions = m.pop("distributions", None) or {}  # every installed one: results.json, release bundles
     out = ["<h2>Machine and versions</h2>"]
     if m:
         out.append(kv_table(m))
     if packages:
         out.append("<h3>packages</h3>" + table(["package", "version"],
                                                [[esc(k), esc(v)] for k, v in packages.items()]))
+    if distributions:
+        out.append(f"<p class=small>{len(distributions)} distributions installed in the run's interpreter "
+                   "(results.json: <code>machine.distributions</code>)</p>")
     env = results.environment
     if env:
         out.append("<h3>environment</h3>" + kv_table(env))
@@ -535,7 +574,8 @@ def render_html(results: RunResults) -> str:
                           f"{name}: thin error bars ± one standard error; thick grey segment beside a bar: "
                           "the gate's paired interval, where the verdict has one")
             for name, fig in bars) + "</div>")
-    parts += [_fidelity_table(results), _probe_table(results), _planner_table(results), _errors(results), _plan(results),
+    parts += [_fidelity_table(results), _probe_table(results), _serving_block(results), _planner_table(results),
+              _statistics_tables(results), _errors(results), _plan(results),
               _machine(results)]
     body = "\n".join(p for p in parts if p)
     upgraded = f" (read from {results.upgraded_from})" if results.upgraded_from else ""

@@ -3,6 +3,8 @@ report.html shares with it. Reads the typed results (``harness.results``)."""
 
 from __future__ import annotations
 
+import re
+
 from harness.results import Metric, Record, RunResults
 
 #: the arrow beside a metric's name: which way is better, as its suite or probe declared it
@@ -128,7 +130,8 @@ def summary_markdown(results: RunResults) -> str:
     for r in results.candidates:
         for v in r.verdicts:
             lines.append(f"- **{r.name}** `{v.gate}`: {v.verdict} — {v.reason}")
-    lines += probe_lines(recs) + planner_lines(recs) + offload_lines(recs)
+    lines += probe_lines(recs) + serving_lines(recs) + planner_lines(recs) + offload_lines(recs)
+    lines += statistics_lines(results)
     # every metric, one row each (suites and probes), candidates as columns
     lines += ["", "## All metrics", "", "| metric | " + " | ".join(r.name for r in recs) + " |",
               "|---|" + "---|" * len(recs)]
@@ -165,8 +168,8 @@ def probe_lines(recs: list[Record]) -> list[str]:
     for r in recs:
         for probe, figs in r.probes.items():
             for k in figs:
-                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in rows:
-                    continue
+                if k.endswith(("_min", "_max", "_std", "_mean")) or (probe, k) in rows or probe == "serving":
+                    continue  # the serving probe has a table of its own (serving_lines)
                 if probe in keep and k not in keep[probe]:
                     continue
                 rows.append((probe, k))
@@ -182,6 +185,60 @@ def probe_lines(recs: list[Record]) -> list[str]:
         out.append(f"| {probe} | {k} | " + " | ".join(_with_range(r.probes.get(probe) or {}, k)
                                                    for r in recs) + " |")
     return out
+
+
+#: a serving-probe figure's level: ``ttft_ms_p95_c8`` -> ``c8``, ``req_s_r0.5`` -> ``r0.5``
+_SERVING_LEVEL = re.compile(r"^[a-z0-9_]+?_(c[0-9]+|r[0-9.]+)$")
+#: the serving table's columns: (figure at a level, header)
+SERVING_COLUMNS = [("completed", "done"), ("errors", "errors"), ("ttft_ms_p50", "TTFT p50"),
+                   ("ttft_ms_p95", "TTFT p95"), ("ttft_ms_p99", "TTFT p99"), ("itl_ms_p50", "ITL p50"),
+                   ("itl_ms_p95", "ITL p95"), ("e2e_ms_p50", "e2e p50"), ("e2e_ms_p95", "e2e p95"),
+                   ("e2e_ms_p99", "e2e p99"), ("output_tok_s", "out tok/s"), ("req_s", "req/s")]
+
+
+def plain_number(v) -> str:
+    """A figure without exponent: 14490, 56.5, 0.302."""
+    return "—" if v is None else f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def serving_levels(figs: dict) -> list[str]:
+    """The load levels of a record's serving figures, in the order measured: ["c1", "c8", "r2"]."""
+    levels: list[str] = []
+    for k in figs:
+        m = _SERVING_LEVEL.match(k)
+        if m is not None and m[1] not in levels:
+            levels.append(m[1])
+    return levels
+
+
+def serving_lines(recs: list[Record]) -> list[str]:
+    """The serving probe's sweep, one table per record that ran it: a row per load level (cN:
+    N requests in flight; rR: R requests/s), latencies in ms."""
+    out: list[str] = []
+    for r in recs:
+        figs = r.probes.get("serving") or {}
+        levels = serving_levels(figs)
+        notes = (r.probe_notes or {}).get("serving") or {}
+        if not levels:
+            if notes.get("skipped"):
+                out += ["", f"- {r.name}: serving probe skipped: {notes['skipped']}"]
+            continue
+        w = notes.get("workload") or {}
+        out += ["", f"### {r.name}", "",
+                f"prompt tokens {w.get('prompt_tokens', '?')}, output tokens {w.get('output_tokens', '?')}, "
+                f"{w.get('requests_per_level', '?')} requests per level"
+                + (f", {w['arrivals']} arrivals" if w.get("arrivals") else "") + f"; {notes.get('endpoint', '')}", "",
+                "| level | " + " | ".join(h for _, h in SERVING_COLUMNS) + " |",
+                "|---|" + "---|" * len(SERVING_COLUMNS)]
+        for level in levels:
+            out.append(f"| {level} | " + " | ".join(plain_number(figs.get(f"{k}_{level}")) for k, _ in SERVING_COLUMNS)
+                       + " |")
+    if not out:
+        return []
+    return ["", "## Serving under load", "",
+            "The serving probe: streaming /v1/completions against the candidate's server; cN = N requests "
+            "in flight, rR = R requests/s; latencies in ms (TTFT: to the first token; ITL: between tokens; "
+            "e2e: the whole request), percentiles of completed requests.", *out]
 
 
 def planner_lines(recs: list[Record]) -> list[str]:
@@ -234,3 +291,64 @@ def offload_line(r: Record) -> str | None:
 def offload_lines(recs: list[Record]) -> list[str]:
     rows = [line for r in recs if (line := offload_line(r))]
     return ["", "## GPU offload (llama.cpp)", "", *rows] if rows else []
+
+
+# ------------------------------------------------------------------ statistics for release decisions
+def statistics_tables(results: RunResults) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(title, intro, headers, rows) of the release-statistics tables a run has: per-slice
+    metrics, calibration overlap, the baseline's noise floor, the Holm-adjusted levels."""
+    out = []
+    rows = []
+    for r in results.candidates:
+        for sid, metrics in (r.slices or {}).items():
+            for m, per in metrics.items():
+                for lab, x in per.items():
+                    pct = x.get("units") == "change_pct"
+                    f = (lambda v: "—" if v is None else f"{v:+.2f}%") if pct else \
+                        (lambda v: "—" if v is None else f"{100 * v:+.2f} pt")
+                    rows.append([r.name, f"{sid}.{m}", str(lab), str(x.get("n")), _fmt(x.get("base")),
+                                 _fmt(x.get("cand")), f(x.get("estimate")), f"[{f(x.get('lower'))}, {f(x.get('upper'))}]"])
+    if rows:
+        alpha = results.policy.get("alpha", 0.05)
+        out.append(("Slices", f"Per slice (MMLU subject, JSON-format category, a custom suite's slice/language), paired "
+                    f"item by item: drop = baseline - candidate (points), perplexity change in percent; "
+                    f"[{100 * (1 - 2 * alpha):g}% interval].",
+                    ["candidate", "metric", "slice", "n", "baseline", "candidate", "drop / change", "interval"], rows))
+    rows = []
+    for r in results.candidates:
+        for sid, o in (r.calibration_overlap or {}).items():
+            if not o.get("checked"):
+                rows.append([r.name, sid, "—", "—", "—", f"not checked: {o.get('why')}"])
+                continue
+            rows.append([r.name, sid, str(o.get("calibration_source")),
+                         f"{o['items_overlapping']}/{o['items']} ({100 * o['item_fraction']:.1f}%)",
+                         f"{100 * o['calibration_fraction']:.2f}%", "OVERLAP" if o["items_overlapping"] else "none"])
+    if rows:
+        out.append(("Calibration overlap", "13-grams of normalized words shared between each candidate's calibration "
+                    "text and each suite's items: items sharing at least one, and the share of the calibration's "
+                    "13-grams found in the suite.",
+                    ["candidate", "suite", "calibration", "items overlapping", "calibration 13-grams in suite", ""],
+                    rows))
+    nf = results.baseline.noise_floor
+    if nf:
+        rows = [[m, " / ".join(_fmt(v) for v in x.get("values") or []),
+                 "—" if x.get("floor") is None else f"±{x['floor']:.4g}"]
+                for m, x in (nf.get("metrics") or {}).items()]
+        out.append(("Noise floor", f"The baseline scored {nf.get('repeats')} times (baseline.repeats): a gate whose "
+                    "observed change lies within its own run-to-run spread cannot FAIL. A bit-deterministic runtime "
+                    "(llama.cpp on a CPU) gives 0.", ["metric", "values per repeat", "floor"], rows))
+    rows = [[r.name, v.gate, v.verdict, f"{v.adjusted_alpha:.4g}"]
+            for r in results.candidates for v in r.verdicts if v.adjusted_alpha is not None]
+    if rows:
+        out.append(("Multiple testing", f"Holm-Bonferroni over each candidate's paired gates (policy "
+                    f"multiple_testing: holm, alpha {results.policy.get('alpha', 0.05)}): a FAIL stands only at its "
+                    "adjusted level.", ["candidate", "gate", "verdict", "adjusted alpha"], rows))
+    return out
+
+
+def statistics_lines(results: RunResults) -> list[str]:
+    lines: list[str] = []
+    for title, intro, headers, rows in statistics_tables(results):
+        lines += ["", f"## {title}", "", intro, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return lines

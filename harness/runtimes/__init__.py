@@ -21,6 +21,7 @@ REGISTRY = Registry(
         "transformers": "harness.runtimes.transformers:TransformersRuntime",
         "vllm": "harness.runtimes.vllm:VllmRuntime",
         "fake": "harness.runtimes.fake:FakeRuntime",
+        "openai-server": "harness.runtimes.openai_server:OpenAIServerRuntime",
     },
     base="harness.runtimes:Runtime",
 )
@@ -97,6 +98,12 @@ class Session:
         Returns ``prefill_seconds`` and ``decode_seconds``."""
         raise NotImplementedError
 
+    def endpoint(self) -> str | None:
+        """The OpenAI-compatible base URL a served session answers on (e.g.
+        ``http://127.0.0.1:8123/v1``: the serving probe sends its requests there); None for a
+        session that runs in process."""
+        return None
+
     def info(self) -> dict[str, Any]:
         """How the model was loaded (recorded with results), e.g. weights decompressed at load."""
         return {}
@@ -135,6 +142,16 @@ class Runtime:
     model_prefix: ClassVar[str | None] = None
     #: the file a ``write_baseline`` folder's model is in
     baseline_entry: ClassVar[str] = ""
+
+    def check(self, params: BaseModel) -> list[tuple[tuple, str]]:
+        """Plan-level problems with ``params`` found before a run, as (key path under
+        ``params``, why): a server URL that does not answer, a launcher that is not installed."""
+        return []
+
+    def plan_notes(self, params: BaseModel, suites: list[tuple[str, str]]) -> list[str]:
+        """Notes for ``quantgate validate`` about the plan's suites ((id, suite name) pairs) on
+        this runtime, e.g. which of them a server cannot score."""
+        return []
 
     def check_baseline(self, model: str) -> str | None:
         """Why ``model`` (with this runtime's prefix) names no model, or None."""
