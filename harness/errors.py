@@ -23,3 +23,8 @@ class MissingDependency(QuantgateError):
     def of(cls, what: str, package: str, extra: str) -> MissingDependency:
         return cls(f"{what} needs the Python package '{package}', which is not installed; "
                    f"install it with: pip install 'quantgate[{extra}]'")
+
+
+class SessionRefused(QuantgateError):
+    """A session cannot give what a suite asks (a server's log-probs failed their self-check,
+    full distributions from a server): that suite is an error of the record, the others run."""

@@ -367,3 +367,49 @@ def test_probes_through_probe_worker(hf_path, vsession, figures):
         "latency_c2": {k: round(v, 4) for k, v in lat.items()},
         "load_seconds": round(res["load_seconds"], 2),
     }
+
+
+def test_served_candidate_through_vllm_serve(hf_path, reference, figures):
+    """Runtime openai-server with ``launch: vllm``: ``vllm serve`` on 127.0.0.1 for the BF16
+    checkpoint (float32 compute, as the transformers reference), token-id prompts, vLLM's
+    ``prompt_logprobs``: the self-check passes (no shift), perplexity windows score through the
+    server, greedy text matches in process, and the server is gone after close()."""
+    from harness.errors import SessionRefused
+
+    rt = REGISTRY.get("openai-server")()
+    params = rt.Params.model_validate({"launch": "vllm", "n_threads": 2, "health_timeout_s": 900,
+                                       "extra_args": ["--dtype", "float32", "--enforce-eager"],
+                                       "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    t0 = time.perf_counter()
+    session = rt.load(hf_path, params, CTX + 8)
+    start = time.perf_counter() - t0
+    pid = session.server.pid
+    try:
+        info = session.info()
+        assert info["server"]["api"] == "vllm" and session.endpoint().startswith("http://127.0.0.1:")
+        check = info["self_check"]
+        assert check.get("refusal") is None, check
+        assert check["max_abs"] <= 0.05 and check["shifted_mean_abs"] > 1.0
+        windows = token_windows(PerplexityParams(context_length=CTX, max_tokens=CTX * 2), session)
+        t0 = time.perf_counter()
+        lps = [session.token_logprobs(w) for w in windows]
+        seconds = time.perf_counter() - t0
+        assert all(lp.shape == (CTX - 1,) and np.isfinite(lp).all() for lp in lps)
+        with pytest.raises(SessionRefused, match="full next-token distributions"):
+            session.token_distributions(windows[0][:8])
+        texts = [session.generate(session.tokenize(p), 24, ["\n"]) for p in GEN_PROMPTS]
+        figures.setdefault("openai_server_vllm", {}).update(
+            start_and_self_check_seconds=round(start, 2), self_check=check,
+            token_logprobs_tokens_per_s=round(2 * CTX / seconds, 1))
+        if reference is not None:
+            ref = np.concatenate(reference["logprobs"][:2])
+            assert np.abs(np.concatenate(lps) - ref).max() < 0.05
+            same = sum(a == b for a, b in zip(texts, reference["generate"], strict=True))
+            figures["openai_server_vllm"]["same_greedy_text_vs_transformers"] = f"{same}/{len(texts)}"
+            assert same >= len(texts) - 1
+    finally:
+        session.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
