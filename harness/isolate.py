@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import multiprocessing as mp
 import os
 import signal
@@ -92,8 +93,11 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def _worker_start(parent_pid: int) -> None:
-    """The pool's initializer: lead a process group, die with the parent (see the module's note)."""
+def _worker_start(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
+    """The pool's initializer: lead a process group, die with the parent (see the module's note);
+    then import ``preload`` (the runtime's libraries), before the task is unpickled: unpickling
+    imports the worker function's module (``harness.stages`` loads numpy), and a CUDA build of
+    llama-cpp-python loaded after numpy segfaults at model load (benchmarks/README.md)."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     armed = set_parent_death_signal()
@@ -102,6 +106,9 @@ def _worker_start(parent_pid: int) -> None:
     if not armed:
         threading.Thread(target=_watch_parent, args=(parent_pid,), name="quantgate-parent-watchdog",
                          daemon=True).start()
+    for module in preload:
+        with contextlib.suppress(ImportError):  # a missing library: the task itself says so
+            importlib.import_module(module)
 
 
 # ------------------------------------------------------------------ in the parent
@@ -188,7 +195,7 @@ def run_isolated(fn: Callable, *args: Any, log_path: Path | None = None,
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_worker_start,
-                               initargs=(os.getpid(),))
+                               initargs=(os.getpid(), tuple(kwargs.get("preload") or ())))
     workers: dict[int, Any] = {}
     stopped = False
     try:

@@ -18,6 +18,21 @@ def test_worker_that_dies_is_reported_not_fatal(tmp_path):
     assert run_isolated(sum, [1, 2, 3]) == 6  # the parent is fine
 
 
+def _modules_loaded(preload: tuple[str, ...] = ()) -> list[str]:
+    import sys
+
+    return list(sys.modules)  # in import order
+
+
+def test_preload_comes_before_the_task_module():
+    """``preload`` (the runtime's libraries) is imported in the worker before the task's own
+    module is unpickled: this module imports yaml, so yaml must come after the preloaded one (a
+    CUDA llama-cpp-python build crashes when loaded after numpy, which harness.stages imports)."""
+    loaded = run_isolated(_modules_loaded, preload=("colorsys",))
+    assert loaded.index("colorsys") < loaded.index("yaml") < loaded.index(_modules_loaded.__module__)
+    assert "colorsys" not in run_isolated(_modules_loaded)  # nothing else imports it
+
+
 def test_broken_candidate_does_not_stop_the_others(tmp_path):
     """On the fake model (configs/fake.yaml): one candidate's quantize worker dies (``fail: crash``,
     an abrupt exit as a segfault or the OOM killer), one raises (``fail: quantize``); the two
