@@ -81,6 +81,11 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
     _end_own_group()
 
 
+#: set in a worker whose runtime libraries were imported by the pool's initializer: "1" when numpy
+#: was already loaded then (the order a CUDA llama-cpp-python build crashes with)
+NUMPY_BEFORE_PRELOAD = "QUANTGATE_NUMPY_BEFORE_PRELOAD"
+
+
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
     """Linux: have the kernel send ``sig`` to this process when its parent (the thread that
     started it) exits; False where that is not available. A child that leaves the worker's
@@ -106,6 +111,8 @@ def _worker_start(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
     if not armed:
         threading.Thread(target=_watch_parent, args=(parent_pid,), name="quantgate-parent-watchdog",
                          daemon=True).start()
+    if preload:  # what the probe worker records as "numpy loaded before the runtime's libraries"
+        os.environ[NUMPY_BEFORE_PRELOAD] = "1" if "numpy" in sys.modules else "0"
     for module in preload:
         with contextlib.suppress(ImportError):  # a missing library: the task itself says so
             importlib.import_module(module)

@@ -315,7 +315,7 @@ def test_converted_gguf_holds_the_bf16_weights(hf_dir, converted):
     assert max_rel <= 2 ** -8 + 2 ** -11
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # 16 windows on transformers and on llama.cpp: ~2 min on 2 cores (nox -s heavy, in CI)
 def test_converted_gguf_perplexity_matches_transformers(hf_dir, converted):
     """(b) The smoke windows (WikiText-2, 16 x 512 tokens, tokenized by the BF16 folder's
     tokenizer): perplexity of the converted F16 GGUF on llama.cpp within 0.1% of transformers'

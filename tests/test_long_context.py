@@ -301,7 +301,7 @@ def test_embedded_f16_retrieves_short_keys(qg_home, capsys):
         for r in records:
             print(f"  {r['id']}: key {r['key']} reply {r['response']!r} logprob {r['scores']['passkey_logprob']:.3f}")
     head = prep["meta"]["fixed_tokens"]["head"]
-    for it in prep["items"]:  # BPE words: the needle within a token or two of its depth
-        assert abs(it["needle_pos"] - head - it["depth"] * it["haystack_tokens"]) <= 2
+    for it in prep["items"]:  # placed at a word boundary: within a BPE word (a few tokens) of its depth
+        assert abs(it["needle_pos"] - head - it["depth"] * it["haystack_tokens"]) <= 4
     assert m["acc@1024"]["value"] >= 0.5
     assert m["logprob@1024"]["value"] > -5.0
