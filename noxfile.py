@@ -48,7 +48,9 @@ def heavy(session: nox.Session) -> None:
     """The long real-model tests (marker `heavy`: the rest of the quantizer matrix, AWQ,
     SmoothQuant, i-quants, FP4 emulation): tens of minutes on 2 cores. CI runs it after tests."""
     session.install("-e", ".[all,dev]")
-    session.run("pytest", "-m", "heavy", *session.posargs, env=_env())
+    workers = [] if any(a.startswith("-n") for a in session.posargs) else \
+        ["-n", str(max(2, min(4, (os.cpu_count() or 1) + 1))), "--dist", "loadfile"]
+    session.run("pytest", "-m", "heavy", *workers, "--durations=25", *session.posargs, env=_env())
 
 
 @nox.session(python=PYTHON)

@@ -529,13 +529,7 @@ def cmd_release(
         raise release.ReleaseError(f"--require-tracking: {line} (the bundle is written: {bundle})")
     else:
         print(f"note: {line}" if status == "off" else f"warning: {line}; the bundle is written")
-    report = verify.verify(bundle)
-    for line in report.mismatches:
-        print(f"MISMATCH {line}")
-    for note in report.notes:
-        print(f"note: {note}")
-    print(report.summary())
-    return 0 if report.ok else 1
+    return _print_verification(verify.verify(bundle))
 
 
 @app.command("verify")
@@ -553,7 +547,11 @@ def cmd_verify(
     """
     from harness import verify
 
-    report = verify.verify(Path(bundle), Path(artifacts) if artifacts else None)
+    return _print_verification(verify.verify(Path(bundle), Path(artifacts) if artifacts else None))
+
+
+def _print_verification(report) -> int:
+    """A verify report's lines; exit 0 when everything matched, else 1."""
     for line in report.mismatches:
         print(f"MISMATCH {line}")
     for note in report.notes:

@@ -33,8 +33,10 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
 #: the longest test modules (real models end to end), run first: with pytest-xdist's
 #: ``--dist loadfile`` (nox -s tests) a worker that takes one of them early leaves the many short
 #: modules to balance the end, instead of one worker running a long module alone at the end
-LONGEST_FIRST = ("test_suites_e2e.py", "test_smoke_e2e.py", "test_quantizers.py", "test_fidelity.py",
-                 "test_ray_executor.py", "test_tracking_outbox.py", "test_mlflow_server.py", "test_probes.py")
+LONGEST_FIRST = ("test_smoke_e2e.py", "test_ray_executor.py", "test_quantizers.py", "test_fidelity.py",
+                 "test_probes.py", "test_long_context.py", "test_tracking_outbox.py", "test_mlflow_server.py",
+                 "test_release.py", "test_serving_probe.py", "test_openai_server.py", "test_converter.py",
+                 "test_suites_e2e.py", "test_kv_cache.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

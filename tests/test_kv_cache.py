@@ -253,7 +253,7 @@ def kv_run(qg_home, tmp_path_factory):
     return res, run_dir, suite["name"]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # three records x 4 windows of 1024 tokens: ~4 min on 2 cores (nox -s heavy, in CI)
 def test_kv_plan_runs_and_report_names_the_pair(kv_run):
     res, run_dir, suite = kv_run
     assert res.returncode in (0, 1), res.stdout[-3000:] + res.stderr[-3000:]

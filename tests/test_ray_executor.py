@@ -163,6 +163,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_the_journal(cluster, tm
     assert 16 <= wiki["resumed_items"] < 40 and len(wiki["records"]) == 40
 
 
+@pytest.mark.heavy  # the real model twice: ~2 min on 2 cores (nox -s heavy, in CI)
 def test_embedded_model_on_ray_matches_the_local_executor(cluster, tmp_path):
     """The real embedded model end to end on the Ray cluster: llama.cpp F16 vs Q8_0, 1 thread each
     (bit-reproducible), the same windows, values and verdicts as the local executor."""

@@ -464,7 +464,7 @@ def test_tampered_artifact_baseline_items_and_model_are_rebuilt(integrity_plan):
 
 
 # ------------------------------------------------------------------ llama.cpp's importance matrix (slow)
-@pytest.mark.slow
+@pytest.mark.heavy  # computes an importance matrix twice: 1-1.5 min on 2 cores
 def test_imatrix_is_sealed_and_rebuilt_when_tampered(qg_home):
     """The importance matrix GGUF i-quants use is a store folder like the others."""
     from harness import baseline

@@ -16,7 +16,10 @@ import yaml
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
+# `heavy` (nox -s heavy, run by CI after nox -s tests): three records through every lm-eval suite
+# took 4-7 minutes of the 2-core test run. nox -s tests keeps lm-eval on the real model through
+# tests/test_openai_server.py (gsm8k in-process and served) and on the fake model (tests/test_slices.py).
+pytestmark = pytest.mark.heavy
 pytest.importorskip("lm_eval")
 
 PLAN = {
