@@ -433,7 +433,10 @@ def test_probes_on_embedded_gguf(qg_home):
     roof = res["figures"]["roofline"]
     assert roof["decode_tps"] == pytest.approx(tp["decode_tps_p96_b1"])
     assert 2.5e8 < roof["weight_bytes_per_token"] < 2.8e8  # the F16 weights, embedding tied
-    assert 0 < roof["pct_of_measured"] < 100
+    # decode's bytes/s against a one-thread numpy copy: above 100% is possible (two decode threads,
+    # caches, a copy measured while other processes run), so only the arithmetic is checked here
+    assert roof["pct_of_measured"] == pytest.approx(
+        100 * roof["decode_tps"] * roof["weight_bytes_per_token"] / (roof["bandwidth_measured_gbps"] * 1e9), rel=1e-6)
     bench = res["figures"]["bench"]
     assert set(bench) == {"pp64", "pp64_std", "tg16", "tg16_std", "pp64@d64", "pp64@d64_std", "tg16@d64", "tg16@d64_std"}
     assert all(bench[k] > 0 for k in ("pp64", "tg16", "pp64@d64", "tg16@d64"))
