@@ -128,6 +128,7 @@ gates: [{gate}]
     assert len(lines) == 1 and "gates[0].kind" in lines[0] and words in lines[0], lines
 
 
+@pytest.mark.slow  # validates every shipped plan, overlap guard included (~20 s on 2 cores)
 def test_every_shipped_plan_agrees_with_its_metrics_directions():
     for plan in sorted((ROOT / "configs").glob("*.yaml")):
         out = run_cli("validate", str(plan), timeout=120)
