@@ -300,6 +300,7 @@ def test_sigint_stops_the_run_promptly_with_exit_2_and_no_process_behind(tmp_pat
 
 
 # ------------------------------------------------------------------ two runs, one store
+@pytest.mark.slow  # two real runs at once (~15 s on 2 cores)
 def test_two_runs_of_one_plan_on_one_store_produce_each_artifact_once(tmp_path):
     """Two ``quantgate run`` of one plan at once on one QUANTGATE_HOME (slow quantizations, so
     they overlap): the baseline is derived once and each artifact quantized once, the other

@@ -234,6 +234,7 @@ def test_failing_quantizers_are_error_records(fake_runs):
     assert recs["q4"]["artifact"]["reused"] is True  # the others went on, from the store
 
 
+@pytest.mark.slow  # a run killed mid-quantization, then run again (~12 s on 2 cores)
 def test_killed_quantization_is_not_reused(tmp_path):
     """SIGKILL the run while a quantization is writing its artifact: nothing half-made is taken
     for an artifact, and the next run builds it again."""
