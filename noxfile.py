@@ -157,7 +157,7 @@ def _check_wheel(wheel: Path) -> int:
 @nox.session(python=PYTHON)
 def installed(session: nox.Session) -> None:
     """quantgate as a user installs it: the wheel built from this checkout, checked to carry
-    suites/, gates/ and configs/, installed (not editable) with the llamacpp and eval extras,
+    suites/, gates/ and configs/, installed (not editable) with the llamacpp, eval and server extras,
     and run from a folder outside the checkout: `quantgate validate` on every shipped plan,
     then a small plan end to end (F16 vs Q8_0 on llama.cpp: perplexity, MMLU 20 questions,
     4 JSON cases, the shipped smoke policy by name; tracking off)."""
@@ -176,7 +176,8 @@ def installed(session: nox.Session) -> None:
     shutil.rmtree(work / "src")
     # the same version may be installed from an earlier session: replace it
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", "quantgate")
-    session.install(f"{wheel}[llamacpp,eval]")
+    # server: configs/server.yaml launches llama-cpp-python's server, which validate checks is installed
+    session.install(f"{wheel}[llamacpp,eval,server]")
 
     run_dir = work / "run"
     run_dir.mkdir()
