@@ -855,7 +855,19 @@ def shape_kv_bytes(shape: ModelShape, context: int, batch: int = 1, kv_dtype: st
 RUNTIMES = ("llama-cpp", "vllm", "transformers")
 #: fixed part of each runtime's reserve: CUDA context, cuBLAS workspace, allocator slack;
 #: vLLM adds CUDA graphs and its profiled activation peak.
+#: transformers: NVML's peak less torch.cuda.max_memory_reserved was 0.69 GiB (H200, 8B shape)
+#: and 0.74 GiB (H100, 135M): CUDA context and libraries outside PyTorch's allocator.
 CONTEXT_RESERVE_GIB = {"llama-cpp": 0.25, "vllm": 1.0, "transformers": 0.75}
+
+
+def transformers_activation_bytes(shape: ModelShape, tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
+    """The activation peak of one transformers prefill of ``batch`` x ``tokens`` (one forward pass,
+    no chunking): the MLP holds act(gate), up and their product (3 x intermediate per token)
+    beside the residual stream, its norm and an attention projection (~4 x hidden), plus the
+    last position's float32 logits (``logits_to_keep=1``, as ``generate()``). On the 8B shape at
+    32 x 512 tokens: 1.81 GiB; torch's allocated peak less weights and KV cache was 1.84 GiB."""
+    per_token = 3 * shape.intermediate + 4 * shape.hidden
+    return int(batch * tokens * per_token * dtype_bytes + batch * shape.vocab * 4)
 
 
 def _runtime(name: str | None, fmt: str) -> str:
@@ -886,18 +898,29 @@ def llamacpp_compute_buffer_bytes(shape: ModelShape, context: int, n_ubatch: int
 
 def runtime_reserve(runtime: str, shape: ModelShape | None, context: int,
                     reserve_gib: float | None = None, flash_attn: bool = False,
-                    device: str = "cuda") -> dict[str, Any]:
+                    device: str = "cuda", batch: int = 1, prefill_tokens: int | None = None,
+                    dtype_bytes: int = 2) -> dict[str, Any]:
     """Memory beside weights and KV cache. ``device`` "cpu": host memory of a CPU run, where
-    no CUDA context exists: llama.cpp's compute buffer only, nothing for the others."""
+    no CUDA context exists: llama.cpp's compute buffer or transformers' prefill activations
+    only. transformers prefills ``batch`` x ``prefill_tokens`` (default: the whole context) in
+    one pass; llama.cpp's compute buffer is per ubatch of 512 whatever the batch."""
     if reserve_gib is not None:
         return {"bytes": int(reserve_gib * GIB), "runtime": runtime, "source": "declared",
                 "detail": f"{reserve_gib:g} GiB declared"}
+    act = transformers_activation_bytes(shape, prefill_tokens or context, batch, dtype_bytes) \
+        if runtime == "transformers" and shape is not None else 0
+    act_detail = f"prefill activations ~{act / MIB:.0f} MiB ({batch} x {prefill_tokens or context} tokens)"
     if device == "cpu":
+        if act:
+            return {"bytes": act, "runtime": runtime, "source": "default", "detail": f"CPU: {act_detail}"}
         buf = llamacpp_compute_buffer_bytes(shape, context, flash_attn=flash_attn) \
             if runtime == "llama-cpp" and shape is not None else 0
         return {"bytes": int(buf), "runtime": runtime, "source": "default",
                 "detail": f"CPU: compute buffer ~{buf / MIB:.0f} MiB" if buf else "CPU: none modelled"}
     ctx_gib = CONTEXT_RESERVE_GIB[runtime]
+    if act:
+        return {"bytes": int(act + ctx_gib * GIB), "runtime": runtime, "source": "default",
+                "detail": f"{act_detail} + {ctx_gib:g} GiB CUDA context"}
     if runtime == "llama-cpp" and shape is not None:
         buf = llamacpp_compute_buffer_bytes(shape, context, flash_attn=flash_attn)
         return {"bytes": int(buf + ctx_gib * GIB), "runtime": runtime, "source": "default",
@@ -1040,7 +1063,7 @@ def plan_memory(source: str | Path | dict[str, Any] | ModelShape, quant: str | N
                              quantize_lm_head=quantize_lm_head)
     rt = _runtime(runtime, weights.fmt)
     kv = shape_kv_bytes(shape, context, batch, kv_dtype)
-    reserve = runtime_reserve(rt, shape, context, reserve_gib, flash_attn, device)
+    reserve = runtime_reserve(rt, shape, context, reserve_gib, flash_attn, device, batch=batch)
     w = weights.total
     total = w + kv + reserve["bytes"]
     n_params = weights.n_params or shape.n_params
@@ -1193,21 +1216,32 @@ def predict_probe_peak(source: str | Path, runtime: str, *, n_ctx: int, shapes: 
     elif rt == "vllm" and str(cache.get("dtype", "")).startswith("fp8"):
         kv_dtype = "fp8"
     main = plan_memory(source, None, context=n_ctx, batch=1, runtime=rt, device=device, kv_dtype=kv_dtype)
-    batched = [(t, b) for t, b in (shapes or []) if b > 1]
+    # [tokens per sequence, batch(, prompt tokens)]: notes before the prompt was recorded have two
+    workloads = [(s[0], s[1], s[2] if len(s) > 2 else s[0]) for s in (shapes or [])]
+    batched = [w for w in workloads if w[1] > 1]
     kv, reserve, how = main["kv_cache"]["bytes"], main["reserve"]["bytes"], "session context"
     if batched and rt == "llama-cpp":
-        t, b = max(batched, key=lambda s: -(-s[0] // 256) * 256 * s[1])
+        t, b, _ = max(batched, key=lambda s: -(-s[0] // 256) * 256 * s[1])
         per_seq = -(-t // 256) * 256
         extra = plan_memory(source, None, context=per_seq, batch=b, runtime=rt, device=device, kv_dtype=kv_dtype)
         kv += extra["kv_cache"]["bytes"]
         reserve += extra["reserve"]["bytes"]
         how = f"session context + batch context ({b} x {per_seq} tokens)"
-    elif batched and rt == "transformers":
-        t, b = max(batched, key=lambda s: s[0] * s[1])
-        peak = plan_memory(source, None, context=t, batch=b, runtime=rt, device=device,
-                           kv_dtype=kv_dtype)["kv_cache"]["bytes"]
-        if peak > kv:
-            kv, how = peak, f"dynamic cache at batch {b} x {t} tokens"
+    elif rt == "transformers" and main["reserve"]["source"] == "default":
+        # a dynamic cache grows and is freed per call: the workload with the largest KV cache
+        # (full length) plus prefill activations (prompt) sets the peak
+        shape = resolve_source(source)["shape"]
+
+        def need(t: int, b: int, prompt: int) -> tuple[float, dict]:
+            r = runtime_reserve(rt, shape, t, device=device, batch=b, prefill_tokens=prompt,
+                                dtype_bytes=dense or 2)
+            return shape_kv_bytes(shape, t, b, kv_dtype) + r["bytes"], r
+
+        (t, b, prompt), (_, r) = max(((w, need(*w)) for w in [(n_ctx, 1, n_ctx), *batched]),
+                                     key=lambda x: x[1][0])
+        kv, reserve = shape_kv_bytes(shape, t, b, kv_dtype), r["bytes"]
+        if b > 1:
+            how = f"dynamic cache at batch {b} x {t} tokens, prefill {b} x {prompt}"
     w = stored = main["weights"]["bytes"]
     weights_as = f"{main['quant']} as stored"
     total = w + kv + reserve

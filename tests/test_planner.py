@@ -462,4 +462,8 @@ def test_probe_peak_transformers_dense_weights(embedded_f16):
     packed = P.predict_probe_peak(folder, "transformers", n_ctx=289, device="cpu",
                                   session_info={"dtype": "bfloat16", "weights": "packed, decompressed on every forward"})
     assert packed["weights_gib"] == pytest.approx(269_030_016 / 2**30, abs=1e-4)
-    assert packed["total_gib"] == pytest.approx((269_030_016 + KV_F16_PER_TOKEN * 289) / 2**30, abs=1e-4)
+    # + one prefill of 289 tokens: act(gate), up, their product (3 x 1536) and ~4 x 576 of
+    # hidden states per token in bf16, and the last position's float32 logits (vocab 49,152)
+    prefill = 289 * (3 * 1536 + 4 * 576) * 2 + 49_152 * 4
+    assert packed["total_gib"] == pytest.approx((269_030_016 + KV_F16_PER_TOKEN * 289 + prefill) / 2**30, abs=1e-4)
+    assert packed["reserve_gib"] == pytest.approx(prefill / 2**30, abs=1e-4)

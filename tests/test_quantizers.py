@@ -93,6 +93,27 @@ def test_every_core_method_builds_loads_and_scores(all_methods):
     assert ppl["w4a16-rtn-g64"] > ppl["f16"], ppl  # 4-bit RTN loses to the F16 baseline
 
 
+def test_compressed_checkpoint_loads_as_plain_modules(all_methods):
+    """compressed-tensors loads a checkpoint into CPU offload caches that onload every tensor on
+    each access; left there, ``.to("cuda")`` keeps the weights on the CPU and every forward
+    copies them (FP8 probes 8x slower than BF16 on an H200). The session holds plain modules."""
+    from pathlib import Path
+
+    from harness.runtimes.transformers import TransformersParams, TransformersRuntime
+
+    offload = pytest.importorskip("compressed_tensors.offload.cache")
+    art = {c["name"]: c["artifact"]["path"] for c in all_methods[1]["candidates"]}["w4a16-rtn-g64"]
+    session = TransformersRuntime().load(Path(art), TransformersParams(n_threads=2), 256)
+    try:
+        modules = list(session.model.modules())
+        assert not [m for m in modules if isinstance(m._parameters, offload.OffloadCache)]
+        assert not [m for m in modules if hasattr(m, "_original_forward_func")]
+        assert session.info()["offload"] == "compressed-tensors CPU offload removed at load"
+        assert session.info()["weights"] == "decompressed to dense at load"
+    finally:
+        session.close()
+
+
 @pytest.mark.heavy
 def test_gptq_no_worse_than_rtn(heavy_methods):
     ppl = _ppl(heavy_methods[1])

@@ -116,8 +116,8 @@ class ThroughputProbe(Probe):
             "repetitions": params.repetitions, "warmup": params.warmup,
             "loadavg_before": before, "loadavg_after": loadavg(),
             "batch_hook": supports_batch(session),
-            # [tokens per sequence, batch] of every shape run: the planner's workload
-            "shapes": [[p + params.gen_tokens + 1, b] for p in params.prompt_tokens for b in params.batch_sizes
+            # [tokens per sequence, batch, prompt tokens] of every shape run: the planner's workload
+            "shapes": [[p + params.gen_tokens + 1, b, p] for p in params.prompt_tokens for b in params.batch_sizes
                        if f"p{p}_b{b}" not in skipped],
         }
         if skipped:

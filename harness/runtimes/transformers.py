@@ -70,6 +70,22 @@ def _quant_method(path: Path) -> str | None:
     return (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
 
 
+def _remove_offload(model) -> str:
+    """compressed-tensors (0.19) loads a checkpoint with every module's tensors in a CPU offload
+    cache that onloads them on each access: ``model.to("cuda")`` then leaves the weights on the
+    CPU and every forward copies them to the GPU (the FP8 probes on an H200 took 8x the BF16
+    baseline's time). Undo it so the model is plain modules on one device, as deployed."""
+    try:
+        from compressed_tensors.offload import remove_dispatch
+        from compressed_tensors.offload.cache import OffloadCache
+    except ImportError:  # older compressed-tensors: no offload caches to undo
+        return "none"
+    if not any(isinstance(m._parameters, OffloadCache) for m in model.modules()):
+        return "none"
+    remove_dispatch(model, onload_tensors=True)
+    return "compressed-tensors CPU offload removed at load"
+
+
 class TransformersSession(Session):
     def __init__(self, model, tokenizer, device: str, n_ctx: int, load_info: dict, new_cache=lambda: None):
         self.model = model
@@ -202,6 +218,8 @@ class TransformersRuntime(Runtime):
             kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=params.dequantize)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=params.trust_remote_code, **kwargs)
+        if quant_method == "compressed-tensors":
+            info["offload"] = _remove_offload(model)
         # compressed-tensors checkpoints are decompressed to dense at load (transformers 5.x);
         # some formats (MXFP4/NVFP4) come back in their storage dtype: cast to the compute dtype.
         if params.dtype != "auto" and params.dequantize:
