@@ -22,6 +22,10 @@ from harness.store import HashCache, Store, atomic_dir, content_key, dir_size, h
 
 F16_NAME = "model-F16.gguf"
 HF_NAME = "hf-bf16"
+#: the layout of the folder write_hf_bf16 writes, in its store entry's name: a store holding an
+#: older layout builds the folder again (2: tokenizer.json of a byte-level BPE vocabulary
+#: written as one, so llama.cpp's converter reads it back)
+HF_LAYOUT = 2
 # GGUF file types that already are an unquantized baseline
 _FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 
@@ -116,7 +120,31 @@ def write_hf_bf16(src_gguf: Path, dst: Path) -> dict[str, Any]:
         model.generation_config.eos_token_id = eos_id
     model.save_pretrained(dst, safe_serialization=True)
     tokenizer.save_pretrained(dst)
-    return {"eos_token": eos_tok, "eos_token_id": eos_id, "dtype": "bfloat16"}
+    info = {"eos_token": eos_tok, "eos_token_id": eos_id, "dtype": "bfloat16"}
+    if str(fields["tokenizer.ggml.model"].contents()) == "gpt2" and _as_byte_level_bpe(dst / "tokenizer.json"):
+        info["tokenizer_fix"] = "byte-level BPE: byte_fallback off, ByteLevel decoder"
+    return info
+
+
+def _as_byte_level_bpe(path: Path) -> bool:
+    """transformers 5 writes a GGUF's byte-level BPE vocabulary ("gpt2") as a tokenizer.json with
+    byte fallback on and a SentencePiece-style decoder (ByteFallback, Fuse, Replace U+2581 with a
+    space, ByteLevel). Encoding does not change (its ByteLevel pre-tokenizer maps every byte to a
+    vocabulary symbol, so nothing falls back), but llama.cpp's convert_hf_to_gguf.py takes such a
+    file for a SentencePiece vocabulary: the GGUF it writes tokenizes differently (no merges) or,
+    where the vocabulary is smaller than the embedding, does not load. Written here as the model's
+    own repository ships a byte-level BPE. False when the file is not one (left as it is)."""
+    import json
+
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if model.get("type") != "BPE" or not any(p.get("type") == "ByteLevel" for p in pres):
+        return False
+    model["byte_fallback"] = False
+    tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    path.write_text(json.dumps(tok, ensure_ascii=False, indent=2), encoding="utf-8")
+    return True
 
 
 def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
@@ -151,7 +179,7 @@ def derive(model: str, fmt: str, store: Store | None = None, log=print) -> Path:
             info = write_hf_bf16(src, tmp / HF_NAME)
             _write_manifest(store, tmp, src, key, "hf-bf16", HF_NAME, t0, info)
 
-        return _derive_once(store, f"{key}-hf-bf16", build_hf, log) / HF_NAME
+        return _derive_once(store, f"{key}-hf-bf16-v{HF_LAYOUT}", build_hf, log) / HF_NAME
     raise ValueError(f"unknown baseline format {fmt!r}")
 
 

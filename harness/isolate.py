@@ -81,9 +81,15 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
     _end_own_group()
 
 
-#: set in a worker whose runtime libraries were imported by the pool's initializer: "1" when numpy
-#: was already loaded then (the order a CUDA llama-cpp-python build crashes with)
-NUMPY_BEFORE_PRELOAD = "QUANTGATE_NUMPY_BEFORE_PRELOAD"
+#: in a worker whose runtime libraries the pool's initializer imported: whether numpy was already
+#: loaded then (the order a CUDA llama-cpp-python build crashes with); None where none ran
+_numpy_before_preload: bool | None = None
+
+
+def numpy_before_preload() -> bool | None:
+    """Whether this worker's initializer found numpy loaded before it imported the runtime's
+    libraries; None in a process where no initializer preloaded anything."""
+    return _numpy_before_preload
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
@@ -112,7 +118,8 @@ def _worker_start(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
         threading.Thread(target=_watch_parent, args=(parent_pid,), name="quantgate-parent-watchdog",
                          daemon=True).start()
     if preload:  # what the probe worker records as "numpy loaded before the runtime's libraries"
-        os.environ[NUMPY_BEFORE_PRELOAD] = "1" if "numpy" in sys.modules else "0"
+        global _numpy_before_preload
+        _numpy_before_preload = "numpy" in sys.modules
     for module in preload:
         with contextlib.suppress(ImportError):  # a missing library: the task itself says so
             importlib.import_module(module)

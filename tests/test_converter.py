@@ -176,32 +176,32 @@ def test_converter_failure_names_its_last_error_line(converter_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ the embedded model's BF16 folder
-#: SmolLM2's tokenizer.json as the hub ships it: a byte-level BPE without byte fallback
-BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-
-
 @pytest.fixture(scope="module")
-def hf_dir(qg_home, tmp_path_factory) -> Path:
-    """The embedded model's BF16 folder (``baseline.derive(EMBEDDED_MODEL, "hf")``: its files,
-    linked), with its tokenizer.json as the hub ships SmolLM2's. The derived folder's
-    tokenizer.json, as transformers 5 writes one converted from a GGUF, says ``byte_fallback:
-    true`` and has a ByteFallback/Replace/ByteLevel decoder: llama.cpp's converter then reads it
-    as a Llama SentencePiece-BPE vocabulary (``tokenizer.ggml.model`` "llama", no merges) and
-    llama.cpp tokenizes text differently. The weights, config and encoding are the same
-    (``test_converted_gguf_perplexity_matches_transformers`` checks the encoding)."""
+def hf_dir(qg_home) -> Path:
+    """The embedded model's BF16 folder as ``baseline.derive(EMBEDDED_MODEL, "hf")`` writes it.
+    Its tokenizer.json must be a byte-level BPE as SmolLM2's repository ships one: transformers 5
+    writes a GGUF's "gpt2" vocabulary with ``byte_fallback: true`` and a SentencePiece decoder,
+    which llama.cpp's converter reads as a Llama SentencePiece vocabulary (no merges: llama.cpp
+    tokenizes text differently); ``harness.baseline`` rewrites it."""
     from harness import baseline
     from harness.config import EMBEDDED_MODEL
 
-    derived = baseline.derive(EMBEDDED_MODEL, "hf", log=lambda m: None)
-    folder = tmp_path_factory.mktemp("smollm2-bf16")
-    for p in derived.iterdir():
-        if p.name != "tokenizer.json":
-            (folder / p.name).symlink_to(p)
-    tok = json.loads((derived / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["model"]["byte_fallback"] = False
-    tok["decoder"] = BYTE_LEVEL_DECODER
-    (folder / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
-    return folder
+    return baseline.derive(EMBEDDED_MODEL, "hf", log=lambda m: None)
+
+
+def test_derived_tokenizer_is_byte_level_bpe(hf_dir):
+    """The derived folder's tokenizer: byte fallback off, a ByteLevel decoder; text with
+    spaces, digits, punctuation and non-ASCII comes back unchanged from encode -> decode."""
+    from transformers import AutoTokenizer
+
+    tok = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tok["model"]["type"] == "BPE" and tok["model"]["byte_fallback"] is False
+    assert tok["decoder"]["type"] == "ByteLevel"
+    manifest = json.loads((hf_dir.parent / "manifest.json").read_text())
+    assert manifest["tokenizer_fix"].startswith("byte-level BPE")
+    text = " The 2024 run, at 3.5 GiB: caf\u00e9 \u2014 na\u00efve \u2581 \U0001f600 end.\n  x"
+    t = AutoTokenizer.from_pretrained(hf_dir)
+    assert t.decode(t(text, add_special_tokens=False)["input_ids"]) == text
 
 
 @pytest.fixture(scope="module")

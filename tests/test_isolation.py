@@ -33,6 +33,22 @@ def test_preload_comes_before_the_task_module():
     assert "colorsys" not in run_isolated(_modules_loaded)  # nothing else imports it
 
 
+def _preload_state(preload: tuple[str, ...] = ()) -> tuple[bool | None, str | None]:
+    import os
+
+    from harness.isolate import numpy_before_preload
+
+    return numpy_before_preload(), os.environ.get("QUANTGATE_NUMPY_BEFORE_PRELOAD")
+
+
+def test_preload_order_is_worker_state_not_environment():
+    """The initializer notes whether numpy came before the preloaded libraries in the worker's
+    own state (the probe worker records it), not in an environment variable that servers and
+    other children would inherit; without a preload there is nothing to note."""
+    assert run_isolated(_preload_state, preload=("colorsys",)) == (False, None)
+    assert run_isolated(_preload_state) == (None, None)
+
+
 def test_broken_candidate_does_not_stop_the_others(tmp_path):
     """On the fake model (configs/fake.yaml): one candidate's quantize worker dies (``fail: crash``,
     an abrupt exit as a segfault or the OOM killer), one raises (``fail: quantize``); the two

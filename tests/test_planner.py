@@ -221,6 +221,14 @@ def embedded_f16() -> Path:
     return derive(EMBEDDED_MODEL, "gguf", log=lambda *_: None)
 
 
+def _embedded_hf(embedded_f16: Path) -> Path:
+    """The embedded model's BF16 folder beside its F16 GGUF in the store, of any layout (the
+    weights are the same in all), or a path that does not exist."""
+    stem = embedded_f16.parent.name.removesuffix("-f16")
+    found = sorted(embedded_f16.parent.parent.glob(f"{stem}-hf-bf16*/hf-bf16/config.json"), reverse=True)
+    return found[0].parent if found else embedded_f16.parent / "no-hf-bf16"
+
+
 def _quantize(src: Path, dst: Path, ftype: str) -> None:
     import ctypes
 
@@ -316,7 +324,7 @@ def test_embedded_offload_uses_real_layer_bytes(embedded_artifacts):
 
 
 def test_hf_bf16_baseline_predicted_exactly(embedded_f16):
-    folder = embedded_f16.parent.parent / embedded_f16.parent.name.replace("-f16", "-hf-bf16") / "hf-bf16"
+    folder = _embedded_hf(embedded_f16)
     if not (folder / "config.json").is_file():
         pytest.skip("no BF16 safetensors baseline in the store (quantgate data fetch with torch installed)")
     real = P.plan_memory(folder)
@@ -448,7 +456,7 @@ def test_probe_peak_transformers_dense_weights(embedded_f16):
     """A checkpoint the runtime holds as dense float32: n_params x 4 bytes whatever the file's
     bit width, a float32 KV cache, and from_pretrained's load peak (the stored tensors and
     their float32 copies at once) when that is larger than the workload."""
-    folder = embedded_f16.parent.parent / embedded_f16.parent.name.replace("-f16", "-hf-bf16") / "hf-bf16"
+    folder = _embedded_hf(embedded_f16)
     if not (folder / "config.json").is_file():
         pytest.skip("no BF16 safetensors baseline in the store")
     n_params = P.plan_memory(folder)["model"]["n_params"]

@@ -36,12 +36,15 @@ def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, pr
     passes the runtime's ``import_modules``. A CUDA build of llama-cpp-python segfaulted loading
     a model in a worker that had set up harness and the probes first, and ran when llama_cpp was
     imported before anything else (H100, 2026-11-23)."""
-    import os
     import sys
 
     # the pool's initializer (harness.isolate) imports ``preload`` before this task is unpickled and
     # notes whether numpy came first; called directly, this process's own state says it
-    numpy_first = os.environ.get("QUANTGATE_NUMPY_BEFORE_PRELOAD", "1" if "numpy" in sys.modules else "0") == "1"
+    from harness.isolate import numpy_before_preload
+
+    numpy_first = numpy_before_preload()
+    if numpy_first is None:
+        numpy_first = "numpy" in sys.modules
     for module in preload:
         importlib.import_module(module)
     from harness.probes import REGISTRY, ProbeContext, record_machine

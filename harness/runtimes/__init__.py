@@ -132,6 +132,10 @@ class Runtime:
     kind_label: ClassVar[str] = "runtime"
     #: params that change speed but not scores: left out of the result cache key
     speed_only_params: ClassVar[tuple[str, ...]] = ()
+    #: bumped when a fix changes this runtime's scores for the same artifact, params and library
+    #: versions: from 2 on it is part of the result cache key, so results of the old scoring are
+    #: not reused
+    scoring_revision: ClassVar[int] = 1
     #: the libraries load() imports: the probe worker imports them before it reads the
     #: process's memory, so that "model memory" (peak minus that) excludes the libraries
     import_modules: ClassVar[tuple[str, ...]] = ()
@@ -192,6 +196,8 @@ class Runtime:
         d = params.model_dump()
         for k in self.speed_only_params:
             d.pop(k, None)
+        if self.scoring_revision > 1:
+            d["scoring_revision"] = self.scoring_revision
         return d
 
     def kv_cache_dtype(self, params: BaseModel) -> str | None:

