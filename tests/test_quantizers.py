@@ -110,6 +110,24 @@ def test_compressed_checkpoint_loads_as_plain_modules(all_methods):
         assert not [m for m in modules if hasattr(m, "_original_forward_func")]
         assert session.info()["offload"] == "compressed-tensors CPU offload removed at load"
         assert session.info()["weights"] == "decompressed to dense at load"
+        assert "activations" not in session.info()  # weight-only: inputs stay bf16/float32
+    finally:
+        session.close()
+
+
+@pytest.mark.heavy
+def test_fp8_dynamic_session_says_its_activations_are_emulated(heavy_methods):
+    """FP8-dynamic (W8A8): compressed-tensors quantizes each Linear's input per token in every
+    forward; the session records that its speed is an emulation's, not FP8 kernels'."""
+    from pathlib import Path
+
+    from harness.runtimes.transformers import TransformersParams, TransformersRuntime
+
+    art = {c["name"]: c["artifact"]["path"] for c in heavy_methods[1]["candidates"]}["fp8-dynamic"]
+    session = TransformersRuntime().load(Path(art), TransformersParams(n_threads=2), 256)
+    try:
+        assert "float8 dynamic per token" in session.info()["activations"]
+        assert session.info()["offload"] == "compressed-tensors CPU offload removed at load"
     finally:
         session.close()
 

@@ -22,18 +22,24 @@ in three carry folders (64 MiB a call), made here by ``pack``:
 Stages (each device call runs one, within the machine's warm period; ``detach`` runs ``run`` in
 a session of its own and follows it, so a run outlives a call that reaches its deadline):
 
-    python benchmarks/gpu/lane.py pack [--harness worktree]             # here
+    python benchmarks/gpu/lane.py pack [--harness worktree] [--commit C]  # here
     python3 benchmarks/gpu/lane.py setup --carry gpulane_a --out $OUT --wait 450           # device call 1
     python3 benchmarks/gpu/lane.py detach --plan llama8b --carry gpulane_b --wait 300 --deadline 540 --out $OUT
     python3 benchmarks/gpu/lane.py detach --plan embedded --kill --carry gpulane_c --deadline 400 --out $OUT
+    python3 benchmarks/gpu/lane.py detach --plan llama8b-bf16 --executors local --deadline 240 --out $OUT
+
+(gpulane_b and gpulane_c together exceed a call's 64 MiB: without the llama8b plan, park part 1 with
+``run --plan none --carry gpulane_b --out $OUT`` in a call of its own; benchmarks/gpu/lane_h200x2_s8.json,
+``device_time.calls``, has the calls of the 2026-11-30 session that ran the embedded plan, the kill
+and the 8B BF16-only plan.)
     python benchmarks/gpu/lane.py collect --out X.json DIR...           # here
     python benchmarks/gpu/lane.py dry                                   # here: all of it on CPU, tiny
 
-What the 2×H200 run of 2026-11-30 did, call by call, is in benchmarks/gpu/lane_h200x2.json
-(``device_time.calls``): the 8B plan finished with both executors; the embedded plan's local run
-used up the device time (its FP8-dynamic record's probes took 233.6 s), so its Ray run and the
-GPU kill are still to run (``detach --plan embedded --kill``; budget about 12 minutes for it,
-with the FP8 / W4A16 records or without them).
+What the 2×H200 runs of 2026-11-30 did, call by call, is in benchmarks/gpu/lane_h200x2.json
+(first session: the 8B plan with both executors; the embedded plan ran out of device time on
+FP8-dynamic's probes, since fixed) and benchmarks/gpu/lane_h200x2_s8.json (second session: the
+embedded plan with both executors, the GPU kill of a Ray worker, the 8B BF16-only plan), each
+in ``device_time.calls``.
 
 ``setup`` installs the wheels into /tmp/gpulane/site, starts the CUDA build of llama-cpp-python
 (sm_90, all cores, a session of its own: it outlives the call while the machine stays warm),
@@ -87,7 +93,10 @@ import llama_cpp_cuda as lcc  # noqa: E402  (stdlib only at import; WORK/SITE fr
 SDIST = Path("/tmp/sdist/llama_cpp_python-0.3.36.tar.gz")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-PLANS = {"embedded": "embedded-gpu.yaml", "kill": "embedded-gpu-kill.yaml", "llama8b": "llama8b-random-gpu.yaml"}
+PLANS = {"embedded": "embedded-gpu.yaml", "kill": "embedded-gpu-kill.yaml", "llama8b": "llama8b-random-gpu.yaml",
+         "llama8b-bf16": "llama8b-bf16-gpu.yaml"}
+#: the plans on the random 8B checkpoint (they wait for `setup`'s gen8b and read its seed store)
+PLANS_8B = ("llama8b", "llama8b-bf16")
 MODEL_8B = D / "llama8b-random"
 #: NVLink multicast stays off in every process (KINDS.md): NCCL, PyTorch, NVSHMEM
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -124,17 +133,20 @@ def isolate_patch() -> str:
                           text=True).stdout
 
 
-def snapshot(dest: Path, harness_from: str = "head") -> dict:
-    """``git archive HEAD`` of what a run reads, plus the preload fix and this lane's files;
+def snapshot(dest: Path, harness_from: str = "head", commit: str = "HEAD") -> dict:
+    """``git archive HEAD`` (or ``commit``: a pinned one while others commit) of what a run reads,
+    plus the preload fix (HEAD only) and this lane's files;
     ``harness_from="worktree"``: harness/ as the working tree holds it (sha256 of each file
     recorded), for a HEAD whose harness does not run on its own (23b0c3d, see benchmarks/README.md)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    subprocess.run(f"git archive HEAD harness configs gates suites benchmarks pyproject.toml | tar -x -C {dest}",
+    subprocess.run(f"git archive {commit} harness configs gates suites benchmarks pyproject.toml | tar -x -C {dest}",
                    shell=True, cwd=ROOT, check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    patch = isolate_patch()
+    pinned = commit != "HEAD"
+    commit = subprocess.run(["git", "rev-parse", commit], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    patch = "" if pinned else isolate_patch()
     shas = None
     if harness_from == "worktree":
         shutil.rmtree(dest / "harness")
@@ -196,8 +208,8 @@ def pack(args) -> None:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir()
-    info = snapshot(a / "src", args.harness)
-    log(f"snapshot of HEAD {info['harness_commit'][:10]}; isolate patch: {bool(info['isolate_patch'])}")
+    info = snapshot(a / "src", args.harness, args.commit)
+    log(f"snapshot of {args.commit} = {info['harness_commit'][:10]}; isolate patch: {bool(info['isolate_patch'])}")
     # wheels: the small ones as wheels, ray as a trimmed tarball
     (a / "whl").mkdir()
     for w in sorted(Path(args.wheels).glob("*.whl")):
@@ -737,7 +749,7 @@ def plan_for(name: str, small: bool, out: Path) -> Path:
     import yaml
 
     plan = yaml.safe_load((HERE / "plans" / PLANS[name]).read_text())
-    if name == "llama8b":
+    if name in PLANS_8B:
         plan["baseline"]["model"] = str(MODEL_8B)
     if small:
         for r in [plan["baseline"], *plan["candidates"]]:
@@ -801,7 +813,7 @@ def run(args) -> None:
         report["build"] = {k: build.get(k) for k in ("state", "wheel_build_seconds", "import_check")}
         if build["state"] != "ok":
             raise SystemExit(f"llama-cpp-python build not ready: {json.dumps(build)[:2000]}")
-    if args.plan == "llama8b":
+    if args.plan in PLANS_8B:
         deadline = time.perf_counter() + args.wait
         while not (D / "gen8b.done").is_file() and time.perf_counter() < deadline:
             time.sleep(2)
@@ -981,9 +993,12 @@ def dry(args) -> None:
     me = [sys.executable, str(Path(__file__).resolve())]
     steps = [["setup", "--carry", str(carry), "--out", str(base / "out1"), "--small", "--device", "cpu",
               "--wait", "900"]]
-    if "8b" in args.only:
-        steps.append(["run", "--plan", "llama8b", "--out", str(base / "out2"), "--small"])
-    if "embedded" in args.only:
+    for only in args.only.split(","):
+        if only in ("8b", "8b-bf16"):
+            plan = "llama8b" if only == "8b" else "llama8b-bf16"
+            steps.append(["run", "--plan", plan, "--out", str(base / f"out2-{plan}"), "--small"]
+                         + (["--executors", "local"] if only == "8b-bf16" else []))
+    if "embedded" in args.only.split(","):
         steps.append(["run", "--plan", "embedded", "--carry", str(carry), "--out", str(base / "out3"), "--small"]
                      + (["--kill"] if args.kill else []))
     for step in steps:
@@ -1007,8 +1022,9 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/gpulane", help="pack: ray_trim.tar.xz, llama_src.tar.xz")
     ap.add_argument("--harness", choices=["head", "worktree"], default="head",
                     help="pack: harness/ from git archive HEAD (+ the preload fix) or as the working tree holds it")
+    ap.add_argument("--commit", default="HEAD", help="pack: the commit whose harness the runs use (git archive)")
     ap.add_argument("--dir", default="/tmp/gpulane-dry", help="dry: its folder")
-    ap.add_argument("--only", default="8b,embedded", help="dry: which runs")
+    ap.add_argument("--only", default="8b,embedded", help="dry: which runs (8b, 8b-bf16, embedded; comma-separated)")
     ap.add_argument("inputs", nargs="*", help="collect: the folders the calls' files came back to")
     args = ap.parse_intermixed_args()
     {"pack": pack, "setup": setup, "gen8b": gen8b, "run": run, "detach": detach, "collect": collect,
