@@ -52,8 +52,10 @@ class _LogProgress(Progress):
 
 
 def placement(**extra: Any) -> dict[str, Any]:
-    """Where a stage ran: host and process, plus what the executor knows (node, GPUs)."""
-    return {"hostname": socket.gethostname(), "pid": os.getpid(), **extra}
+    """Where a stage ran: host and process, the GPUs it was shown (``CUDA_VISIBLE_DEVICES``, when
+    set), plus what the executor knows (node, GPU ids)."""
+    shown = {"cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}
+    return {"hostname": socket.gethostname(), "pid": os.getpid(), **shown, **extra}
 
 
 # ------------------------------------------------------------------ tasks: plain data
