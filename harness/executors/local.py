@@ -5,7 +5,7 @@ probes never share the machine with another candidate.
 On a machine with several GPUs and no ``CUDA_VISIBLE_DEVICES``, the workers see one GPU: every
 runtime here serves a candidate from one GPU (the memory-fit planner and ``gpu_budget_gib``
 count one), but llama.cpp with ``n_gpu_layers: -1`` would split the model over every GPU it
-sees. On 2xH200 that turned the planner's -8% into -36% and took 11% off batch-1 decode
+sees. On 2xH200 that turned the planner's -8% into -36% (Q8_0) and took 11% off F16's batch-1 decode
 (benchmarks/README.md, GPU lane). Set ``CUDA_VISIBLE_DEVICES`` to choose the GPU, or several.
 """
 
