@@ -451,7 +451,9 @@ def cmd_log(
 
         code = gates.decide(results.model_copy(deep=True), GatePolicy.model_validate(results.policy)).exit_code
     planned = results.plan.get("tracking") or {}
-    used = before.get("uri")
+    from harness.tracking import credentialed_uri
+
+    used = credentialed_uri(before.get("uri"))  # recorded without credentials; the env may hold them
     if used and (before.get("local") or str(used).startswith(("sqlite:", "file:"))):
         used = None  # the store in the run folder: found again wherever the folder is now
     spec = TrackingSpec(uri=uri or used or planned.get("uri"),

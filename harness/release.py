@@ -141,6 +141,10 @@ class ReleasedRecord(_Model):
     probes: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     verdicts: list[Verdict] = Field(default_factory=list)
     verdict: str | None = None
+    #: what the policy decides on beside the gates' metrics: the baseline's run-to-run spread
+    #: (``baseline.repeats``) and a candidate's calibration/suite overlap
+    noise_floor: dict[str, Any] | None = None
+    calibration_overlap: dict[str, Any] | None = None
 
 
 class Environment(_Model):
@@ -626,7 +630,8 @@ def _released_record(rec: Record, kinds: dict[str, tuple[str, dict]], out: Path,
         recipe=recipe_of(rec) if rec.role == "candidate" else None,
         runtime=rt.model_dump(mode="json") if rt is not None else None,
         artifact=artifact, suites=suites, metrics=rec.metrics, probes=rec.probes,
-        verdicts=rec.verdicts, verdict=rec.verdict)
+        verdicts=rec.verdicts, verdict=rec.verdict, noise_floor=rec.noise_floor,
+        calibration_overlap=rec.calibration_overlap)
 
 
 def _plan_for_bundle(results: RunResults) -> dict:
@@ -704,9 +709,15 @@ def log_to_mlflow(results: RunResults, run_dir: Path, bundle: Path, digest: str)
     if not parent:
         return "failed", (f"run {results.run_id} was never logged to MLflow ({tr.get('error') or 'no parent run'}); "
                           f"log it with: quantgate log {run_dir}, then release again")
-    from harness.tracking import check_reachable, http_limits, mlflow_module
+    from harness.tracking import (
+        check_reachable,
+        credentialed_uri,
+        http_limits,
+        mlflow_module,
+        redact_uri,
+    )
 
-    uri = tr.get("uri")
+    uri = credentialed_uri(tr.get("uri"))
     if tr.get("local") or not uri:  # the sqlite store in the run folder, wherever the folder is now
         if not (run_dir / "mlflow.db").is_file():
             return "failed", f"the run's MLflow store {run_dir / 'mlflow.db'} is gone"
@@ -732,5 +743,5 @@ def log_to_mlflow(results: RunResults, run_dir: Path, bundle: Path, digest: str)
         return "failed", f"MLflow: {exc}"
     except Exception as exc:  # unreachable, refused, a missing run: the bundle stands without it
         text = " ".join(str(exc).split())[:300]
-        return "failed", f"MLflow at {uri}: {type(exc).__name__}: {text}"
-    return "logged", f"MLflow: logged to parent run {parent} at {uri} (artifacts {path}/, tag quantgate.release={digest})"
+        return "failed", f"MLflow at {redact_uri(uri)}: {type(exc).__name__}: {text}"
+    return "logged", f"MLflow: logged to parent run {parent} at {redact_uri(uri)} (artifacts {path}/, tag quantgate.release={digest})"

@@ -74,6 +74,27 @@ def mlflow_module():
     return mlflow
 
 
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` without user info (``https://user:token@host`` -> ``https://host``): what results,
+    logs and release bundles record, so no credential leaves the machine in them."""
+    if not uri:
+        return uri
+    parts = urlparse(uri)
+    if not (parts.username or parts.password):
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return parts._replace(netloc=host).geturl()
+
+
+def credentialed_uri(recorded: str | None) -> str | None:
+    """The recorded (redacted) URI, or ``MLFLOW_TRACKING_URI`` when that names the same server
+    with its credentials (a later ``log`` or ``release`` on the machine that has them)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and recorded and redact_uri(env) == recorded else recorded
+
+
 def tracking_uri(spec, run_dir: Path) -> tuple[str, bool]:
     """(uri, is_local_default)."""
     if spec.uri:
@@ -243,7 +264,7 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     except requests.exceptions.RequestException as exc:
         m = re.search(r"\[Errno -?\d+\][^'\")]*", str(exc))
         reason = m.group(0).strip() if m else f"{type(exc).__name__}: {str(exc)[:300]}"
-        raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {uri}: {reason}") from exc
+        raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {redact_uri(uri)}: {reason}") from exc
 
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
@@ -436,7 +457,7 @@ class RunLogger:
         except Exception as exc:
             if _unreachable(exc):
                 self.gave_up = {"what": what, "seconds": round(time.perf_counter() - t0, 2), "call": self.calls}
-                raise TrackingUnreachable(f"lost the MLflow tracking server at {self.uri} while logging {what} "
+                raise TrackingUnreachable(f"lost the MLflow tracking server at {redact_uri(self.uri)} while logging {what} "
                                           f"({_why(exc)})") from exc
             self.errors.append({"what": what, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"})
             return False, None
@@ -463,7 +484,7 @@ class RunLogger:
         except Exception as exc:
             if _unreachable(exc):
                 self.gave_up = {"what": what, "seconds": round(time.perf_counter() - t0, 2), "call": self.calls}
-                raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {self.uri}: "
+                raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {redact_uri(self.uri)}: "
                                           f"{_why(exc)}") from exc
             raise
         finally:
@@ -751,7 +772,7 @@ class RunLogger:
         where = Path(run_dir or self.run_dir or ".")
         uri, local = (self.uri, self.local) if self.uri else tracking_uri(self.spec, where)
         cmd = f"quantgate log {shlex.quote(str(where))}"
-        return cmd if local or not uri else f"{cmd} --uri {shlex.quote(uri)}"
+        return cmd if local or not uri else f"{cmd} --uri {shlex.quote(redact_uri(uri))}"
 
     def failure_line(self, run_dir: Path | str | None = None) -> str:
         """One line: why logging stopped, and the command that logs the run later."""
@@ -762,7 +783,7 @@ class RunLogger:
     def tracking(self, results: RunResults, code: int | None, done: dict | None = None) -> dict:
         done = done or {}
         out: dict[str, Any] = {
-            "uri": self.uri, "local": self.local, "experiment": self.spec.experiment,
+            "uri": redact_uri(self.uri), "local": self.local, "experiment": self.spec.experiment,
             "experiment_id": self.exp_id, "parent_run_id": self.parent_id,
             "child_run_ids": dict(self.children),
             "accepted": done.get("accepted", self.already_complete and self._parent_tags.get("quantgate.accepted") == "true"),
@@ -781,7 +802,7 @@ class RunLogger:
                 out["ui_url"] = ui_url(self.uri, self.exp_id, self.parent_id)
             out["child_ui_urls"] = {n: ui_url(self.uri, self.exp_id, c) for n, c in self.children.items()}
         elif self.local and self.uri:
-            out["ui_command"] = f"mlflow ui --backend-store-uri {self.uri}"
+            out["ui_command"] = f"mlflow ui --backend-store-uri {redact_uri(self.uri)}"
         return out
 
 

@@ -227,7 +227,8 @@ def _record(folder: Path, rec: ReleasedRecord, suites_of: dict[str, tuple[str, d
         suites[sid] = SuiteResult(records=records, result_key=entry.result_key, items_key=entry.items_key,
                                   metrics={m: metrics.get(f"{sid}.{m}", v) for m, v in entry.metrics.items()},
                                   meta=entry.meta)
-    return Record(name=rec.name, role=rec.role, status=rec.status, suites=suites, metrics=metrics, probes=rec.probes)
+    return Record(name=rec.name, role=rec.role, status=rec.status, suites=suites, metrics=metrics, probes=rec.probes,
+                  noise_floor=rec.noise_floor, calibration_overlap=rec.calibration_overlap)
 
 
 def redecide(folder: Path, manifest: ReleaseManifest, report: VerifyReport) -> RunResults | None:
@@ -264,16 +265,19 @@ def redecide(folder: Path, manifest: ReleaseManifest, report: VerifyReport) -> R
                          wall_seconds=0.0, baseline=base, candidates=cands)
     results = gates.decide(results, policy)
     for old, new in zip(decided, results.records(), strict=True):
-        before = {v.gate: v for v in old.verdicts}
-        after = {v.gate: v for v in new.verdicts}
-        for g in [*before, *(g for g in after if g not in before)]:
+        # keyed by (gate, metric): the calibration-overlap rule gives one verdict per suite, one name
+        before = {(v.gate, v.metric): v for v in old.verdicts}
+        after = {(v.gate, v.metric): v for v in new.verdicts}
+        keys = [*before, *(g for g in after if g not in before)]
+        for g in keys:
+            name = g[0] if sum(k[0] == g[0] for k in keys) == 1 else f"{g[0]} ({g[1]})"
             if g not in after:
-                report.mismatches.append(f"gate {old.name}/{g}: bundled {before[g].verdict}, not in the bundled policy")
+                report.mismatches.append(f"gate {old.name}/{name}: bundled {before[g].verdict}, not in the bundled policy")
             elif g not in before:
-                report.mismatches.append(f"gate {old.name}/{g}: not bundled, re-decided {after[g].verdict}: "
+                report.mismatches.append(f"gate {old.name}/{name}: not bundled, re-decided {after[g].verdict}: "
                                          f"{after[g].reason}")
             elif before[g].verdict != after[g].verdict:
-                report.mismatches.append(f"gate {old.name}/{g}: bundled {before[g].verdict}, re-decided "
+                report.mismatches.append(f"gate {old.name}/{name}: bundled {before[g].verdict}, re-decided "
                                          f"{after[g].verdict}: {after[g].reason}")
             report.gates += 1
         if old.verdict != new.verdict and old.role == "candidate":

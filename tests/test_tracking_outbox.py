@@ -460,3 +460,17 @@ def test_log_completes_the_parent_a_killed_run_left(killed_run, servers):
     again = _log(run_dir)
     assert again.returncode == 0 and "already complete" in again.stdout
     assert len(_runs_of(server.uri, before.run_id)) == 4
+
+
+def test_credentials_in_the_tracking_uri_are_not_recorded(monkeypatch):
+    """A tracking URI with user info (``https://user:token@host``) is recorded and printed
+    without it; a later ``log``/``release`` takes the credentials from MLFLOW_TRACKING_URI
+    when that names the same server."""
+    from harness.tracking import credentialed_uri, redact_uri
+
+    assert redact_uri("https://alice:s3cr3t@mlflow.corp:5443/path") == "https://mlflow.corp:5443/path"
+    assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact_uri("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cr3t@mlflow.corp:5443/path")
+    assert credentialed_uri("https://mlflow.corp:5443/path") == "https://alice:s3cr3t@mlflow.corp:5443/path"
+    assert credentialed_uri("https://other.corp/path") == "https://other.corp/path"

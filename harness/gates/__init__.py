@@ -67,10 +67,31 @@ def z_value(alpha: float) -> float:
 
 
 def _suite_records(rec: Record | None, metric: str) -> tuple[str, list[dict]] | None:
-    """(metric name within the suite, records) of the suite that produced ``metric``."""
-    for sid, entry in (rec.suites if rec is not None else {}).items():
-        if metric.startswith(sid + ".") and entry.records:
-            return metric[len(sid) + 1:], entry.records
+    """(metric name within the suite, records) of the suite that produced ``metric`` (the longest
+    suite id that prefixes it: "a.b.acc" belongs to suite "a.b" before "a")."""
+    found = [(sid, entry) for sid, entry in (rec.suites if rec is not None else {}).items()
+             if metric.startswith(sid + ".") and entry.records]
+    if not found:
+        return None
+    sid, entry = max(found, key=lambda x: len(x[0]))
+    return metric[len(sid) + 1:], entry.records
+
+
+def unpaired_item_scores(cand: Record, base: Record | None, metric: str) -> str | None:
+    """Why ``metric`` has per-item scores that ``paired_items`` could not pair (a record without
+    the score or the id, no common item, a score that is not a finite number), or None when the
+    metric is not a per-item score (an aggregate such as a per-length rate): a paired gate on
+    such a metric must not be decided on the averages alone."""
+    for rec in (cand, base):
+        got = _suite_records(rec, metric)
+        if got is None:
+            continue
+        name, recs = got
+        if any(name in (r.get("scores") or {}) for r in recs) or (
+                name in PPL_DENOMINATOR and any("logprob_sum" in r for r in recs)):
+            return (f"{metric}: the suite's per-item records cannot be paired between baseline and "
+                    "candidate (an item without an id or this score, a score that is not a finite "
+                    "number, or no item in common); not decided on the averages")
     return None
 
 
@@ -84,6 +105,8 @@ def paired_items(cand: Record, base: Record | None, metric: str) -> dict[str, An
         return None
     name, c_recs = c
     _, b_recs = b
+    if not all("id" in r for r in (*c_recs, *b_recs)):
+        return None
     b_by_id = {r["id"]: r for r in b_recs}
     ids = [r["id"] for r in c_recs if r["id"] in b_by_id]
     if not ids:
@@ -93,16 +116,23 @@ def paired_items(cand: Record, base: Record | None, metric: str) -> dict[str, An
     extra = {"slices": labels} if labels is not None else {}
     if name in PPL_DENOMINATOR and all("logprob_sum" in c_by_id[i] for i in ids):
         den = PPL_DENOMINATOR[name]
-        if not all(b_by_id[i].get(den) for i in ids):
+        if not all(b_by_id[i].get(den) for i in ids) or not all("logprob_sum" in b_by_id[i] for i in ids):
             return None
-        return {"kind": "perplexity", "ids": ids, **extra,
-                "base_nll": np.array([-b_by_id[i]["logprob_sum"] for i in ids]),
-                "cand_nll": np.array([-c_by_id[i]["logprob_sum"] for i in ids]),
-                "denominator": np.array([float(b_by_id[i][den]) for i in ids])}
+        try:
+            out = {"kind": "perplexity", "ids": ids, **extra,
+                   "base_nll": np.array([-float(b_by_id[i]["logprob_sum"]) for i in ids]),
+                   "cand_nll": np.array([-float(c_by_id[i]["logprob_sum"]) for i in ids]),
+                   "denominator": np.array([float(b_by_id[i][den]) for i in ids])}
+        except (TypeError, ValueError):
+            return None
+        finite = all(np.isfinite(out[k]).all() for k in ("base_nll", "cand_nll", "denominator"))
+        return out if finite else None
     try:
         bv = np.array([float(b_by_id[i]["scores"][name]) for i in ids])
         cv = np.array([float(c_by_id[i]["scores"][name]) for i in ids])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (np.isfinite(bv).all() and np.isfinite(cv).all()):
         return None
     binary = bool(np.isin(bv, (0.0, 1.0)).all() and np.isin(cv, (0.0, 1.0)).all())
     return {"kind": "binary" if binary else "continuous", "ids": ids, "base": bv, "cand": cv, **extra}
@@ -194,12 +224,16 @@ def _single_items(rec: Record, metric: str) -> np.ndarray | None:
     return v if np.isin(v, (0.0, 1.0)).all() else None
 
 
-def _point(gate: Gate, value: float, ref: float | None, alpha: float, stderr: float | None) -> dict[str, Any]:
+def _point(gate: Gate, value: float, ref: float | None, alpha: float, stderr: float | None,
+           base_stderr: float | None = None) -> dict[str, Any]:
     """Compare measured values (no per-item records); a normal bound where a stderr exists."""
     est, words = gate.estimate(value, ref)
     thr = gate.threshold()
     if stderr is not None and gate.relative:
         stderr = stderr * gate.stderr_scale(ref)
+        if base_stderr is not None and math.isfinite(base_stderr):
+            # two independent estimates (nothing to pair): the difference has both variances
+            stderr = math.hypot(stderr, base_stderr * gate.stderr_scale(ref))
     if stderr is None or not math.isfinite(stderr) or stderr == 0:
         ok = est <= thr if gate.bad_is_high else est >= thr
         return {"verdict": PASS if ok else FAIL, "estimate": est, "lower": None, "upper": None, "n": None,
@@ -237,19 +271,26 @@ def evaluate_gate(gate: Gate, cand: Record, base: Record | None, alpha: float = 
         out["change_pct"] = 100.0 * (value - ref) / abs(ref) if ref else None
 
     decision = None
-    if gate.relative:
-        pairs = paired_items(cand, base, gate.metric) if base is not None else None
-        if pairs is not None:
-            decision = gate.decide_paired(pairs, alpha, {"min_n": min_items} if min_items else {})
-    else:
-        items = _single_items(cand, gate.metric)
-        if items is not None:
-            decision = gate.decide_items(items, alpha)
+    try:
+        if gate.relative:
+            pairs = paired_items(cand, base, gate.metric) if base is not None else None
+            if pairs is not None:
+                decision = gate.decide_paired(pairs, alpha, {"min_n": min_items} if min_items else {})
+            elif why := unpaired_item_scores(cand, base, gate.metric):
+                return Verdict(**out, verdict=INCONCLUSIVE, reason=why, paired=False)
+        else:
+            items = _single_items(cand, gate.metric)
+            if items is not None:
+                decision = gate.decide_items(items, alpha)
+    except ValueError as exc:  # a threshold the statistic cannot test (e.g. a drop of 100%)
+        return Verdict(**out, verdict=ERROR, reason=f"{gate.metric}: {exc}")
     if decision is not None:
         d = decision.to_dict()
         return Verdict(**out, **{k: v for k, v in d.items() if k != "verdict"}, verdict=d["verdict"],
                        reason=d["text"], paired=gate.relative)
-    return Verdict(**out, **_point(gate, value, ref, alpha, metric.stderr), paired=False)
+    base_metric = base.metrics.get(gate.metric) if gate.relative and base is not None else None
+    return Verdict(**out, **_point(gate, value, ref, alpha, metric.stderr,
+                                   base_metric.stderr if base_metric is not None else None), paired=False)
 
 
 def evaluate_policy(policy: Any, cand: Record, base: Record | None) -> list[Verdict]:
@@ -278,7 +319,7 @@ def _holm(policy: Any, verdicts: list[Verdict], cand: Record, base: Record | Non
     family = [i for i, v in enumerate(verdicts) if v.paired and v.verdict in (PASS, FAIL, INCONCLUSIVE)]
     if not family:
         return
-    gates = {g.name: g for g in policy.gates}
+    # by position: verdicts[i] is policy.gates[i]'s (names may repeat in a policy given to `gate`)
     redone: dict[tuple[int, float], Verdict] = {}
 
     def test(i: int):
@@ -289,7 +330,7 @@ def _holm(policy: Any, verdicts: list[Verdict], cand: Record, base: Record | Non
             if level >= policy.alpha:
                 return True
             if (i, level) not in redone:
-                redone[(i, level)] = evaluate_gate(gates[v.gate], cand, base, level, policy.min_items)
+                redone[(i, level)] = evaluate_gate(policy.gates[i], cand, base, level, policy.min_items)
             return redone[(i, level)].verdict == FAIL
         return fails_at
 
@@ -321,9 +362,8 @@ def _noise_floor(policy: Any, verdicts: list[Verdict], base: Record | None) -> N
     if not floors:
         return
     repeats = (base.noise_floor or {}).get("repeats")
-    kinds = {g.name: g for g in policy.gates}
-    for v in verdicts:
-        g = kinds.get(v.gate)
+    for i, v in enumerate(verdicts):
+        g = policy.gates[i] if i < len(policy.gates) else None  # verdicts[i] is gates[i]'s; overlap after
         if v.verdict != FAIL or g is None or not g.relative or getattr(g, "per_slice", False):
             continue
         floor = (floors.get(v.metric) or {}).get("floor")
