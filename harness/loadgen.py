@@ -17,7 +17,9 @@ What one request records (``RequestResult``), from the client's side of the sock
 - ``e2e_s``: from sending to the end of the stream (``data: [DONE]``);
 - ``output_tokens``: the ``usage.completion_tokens`` of the stream when the server sends one
   (``stream_options.include_usage``), else the number of token chunks (llama-cpp-python sends
-  one chunk per token and no usage).
+  one chunk per token and no usage, except that it holds back an incomplete UTF-8 character
+  and sends it with the next token: with ``finish_reason`` "length" and no usage the request
+  counts as the ``max_tokens`` it asked for).
 
 A request is an error when the HTTP status is not 200, the stream breaks, it exceeds
 ``request_timeout_s``, or it ends short of the requested ``max_tokens`` (a server that
@@ -125,6 +127,11 @@ async def one_request(client, url: str, body: dict[str, Any], index: int, t_leve
         res.error = "the stream ended without data: [DONE]"
     elif res.ttft_s is None:
         res.error = "the stream carried no token"
+    elif want is not None and res.output_tokens < want and state["usage"] is None and res.finish_reason == "length":
+        # no usage figure, and the server stopped at max_tokens: it generated them all, in fewer
+        # chunks (llama-cpp-python holds back an incomplete UTF-8 character and sends it with
+        # the next token's text)
+        res.output_tokens, res.tokens_from, res.ok = want, "finish_reason length", True
     elif want is not None and res.output_tokens < want:
         res.error = (f"{res.output_tokens} of {want} tokens (finish_reason {res.finish_reason}): the "
                      "server ended the stream early (does it honour min_tokens / ignore_eos? llama-cpp-python: "

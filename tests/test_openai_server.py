@@ -149,7 +149,8 @@ def test_launch_self_check_generate_and_stop(f16):
     try:
         base = session.endpoint()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base) and probe_url(base) is None
-        assert session.served_model_name == "quantgate-candidate"
+        port = base.rsplit(":", 1)[1].split("/")[0]  # a name of this launch's own, listed by its server
+        assert session.served_model_name == f"quantgate-candidate-{os.getpid()}-{port}"
         info = session.info()
         check = info["self_check"]
         # the known llama-cpp-python fault on a model without BOS, measured against in-process

@@ -29,6 +29,7 @@ available from a server: those are refused too.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -93,8 +94,8 @@ class OpenAIServerParams(BaseModel):
         "start this server command instead; {model} (the artifact) and {port} are replaced; it must serve "
         "the OpenAI API on 127.0.0.1:{port}"))
     model_name: str | None = Field(None, description=(
-        "the served model name; default: 'quantgate-candidate' for a started server, the first model the "
-        "server lists for url"))
+        "the served model name; default: 'quantgate-candidate-<pid>-<port>' for a started server, the first "
+        "model the server lists for url"))
     health_timeout_s: float = Field(180.0, gt=0, description="seconds to wait for the server to answer /v1/models")
     request_timeout_s: float = Field(600.0, gt=0, description="seconds one request may take")
     chat: bool = Field(False, description="chat suites (json-format) send messages to /v1/chat/completions")
@@ -111,6 +112,9 @@ class OpenAIServerParams(BaseModel):
         "environment variables for the launched server (e.g. VLLM_CPU_KVCACHE_SPACE); recorded with the results: "
         "no secrets"))
     concurrency: int = Field(1, ge=1, le=256, description="requests in flight at once (batched generation and scoring)")
+    gpus: float | None = Field(None, ge=0, description=(
+        "GPUs a started server needs on this node (a Ray executor reserves them and shows them to it); default: "
+        "1 for launch: vllm with its CUDA build and for launch: tgi, 0 otherwise (url: the server is elsewhere)"))
     api: Literal["auto", "llama-cpp-python", "vllm", "openai"] = Field("auto", description=(
         "how to tokenize and score on this server; auto: from the launcher, else probed (/tokenize: vllm, "
         "/extras/tokenize: llama-cpp-python, neither: openai, text prompts)"))
@@ -136,19 +140,29 @@ class ServerError(RuntimeError):
     """The server did not start, did not answer, or answered with an error."""
 
 
+#: a server on this machine is reached directly: an ``http_proxy`` in the environment (without
+#: ``no_proxy``) would otherwise carry loopback requests to the proxy, which cannot reach them
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _request(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
+    from harness.loadgen import is_loopback
+
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})
+    opener = _DIRECT if is_loopback(url) else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300].replace("\n", " ")
         raise ServerError(f"{req.get_method()} {url}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerError(f"{req.get_method()} {url}: {reason}") from None
+    except ValueError as exc:  # not JSON (or not UTF-8): not an OpenAI-compatible answer
+        raise ServerError(f"{req.get_method()} {url}: the answer is not JSON ({exc})") from None
 
 
 def probe_url(url: str, timeout: float = 5.0) -> str | None:
@@ -296,8 +310,8 @@ class _LocalGgufTokenizer:
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # as llama-cpp's session
 
-    def detokenize(self, ids: list[int]) -> bytes:
-        return self.llm.detokenize(list(ids))
+    def detokenize(self, ids: list[int], special: bool = False) -> bytes:
+        return self.llm.detokenize(list(ids), special=special)
 
     def chat_template(self) -> str | None:
         return self.llm.metadata.get("tokenizer.chat_template")
@@ -509,6 +523,8 @@ class OpenAIServerSession(Session):
         """A prompt as the server takes it: token ids (vLLM), else their text."""
         if self.api == "vllm":
             return [int(t) for t in ids]
+        if isinstance(self.tok, _LocalGgufTokenizer):  # control tokens kept as text: the server parses them
+            return self.tok.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
         return self.tok.detokenize(list(ids)).decode("utf-8", errors="replace")
 
     # ---- likelihoods
@@ -554,11 +570,12 @@ class OpenAIServerSession(Session):
         ``reference`` (an in-process session of the same artifact); allow likelihoods only when
         they agree. Returns the figures (also in ``info()['self_check']``)."""
         p = self.params
-        ids = reference.tokenize(self_check_text())[: p.self_check_tokens]
+        # within the server's context: a short one (a serving probe's) checks fewer tokens
+        ids = reference.tokenize(self_check_text())[: min(p.self_check_tokens, self.n_ctx - 1)]
         dist = reference.token_distributions(ids)
         try:
             served, _ = self.raw_prompt_logprobs(ids)
-        except ServerError as exc:
+        except (ServerError, ValueError) as exc:
             figures = {"tokens": len(ids) - 1, "refusal": f"server prompt log-probs unavailable: {exc}"}
         else:
             figures = compare_logprobs(served, dist, ids, p.self_check_max_abs, p.self_check_mean_abs)
@@ -671,7 +688,7 @@ class OpenAIServerRuntime(Runtime):
     Params = OpenAIServerParams
     accepts = ("gguf", "hf")
     extra = "llamacpp"
-    speed_only_params = ("n_threads", "n_batch", "concurrency", "health_timeout_s", "request_timeout_s")
+    speed_only_params = ("n_threads", "n_batch", "concurrency", "health_timeout_s", "request_timeout_s", "gpus")
     #: 2: a GGUF's local tokenizer parses control tokens in text, as llama-cpp's session
     scoring_revision = 2
 
@@ -679,7 +696,13 @@ class OpenAIServerRuntime(Runtime):
         return {p: package_version(p) for p in ("llama-cpp-python", "vllm", "vllm-cpu")}
 
     def resources(self, params: OpenAIServerParams) -> dict[str, float]:
-        return {"cpus": float(params.n_threads or 1), "gpus": 0.0}
+        if params.gpus is not None:
+            gpus = params.gpus
+        elif params.launch == "vllm":  # vllm-cpu runs on the CPU, vllm's CUDA build on one GPU
+            gpus = 1.0 if package_version("vllm-cpu") == "not installed" else 0.0
+        else:
+            gpus = 1.0 if params.launch == "tgi" else 0.0
+        return {"cpus": float(params.n_threads or 1), "gpus": gpus}
 
     def check(self, params: OpenAIServerParams) -> list[tuple[tuple, str]]:
         """Plan-level problems found before a run (key path under ``params``, why): a URL that
@@ -744,7 +767,9 @@ class OpenAIServerRuntime(Runtime):
             info["server"] = {"url": base, "attached": True}
         else:
             port = free_port()
-            name = params.model_name or DEFAULT_MODEL_NAME
+            # a name of this launch's own: the port is free when picked, not when the server binds it,
+            # so the health check must tell this server from another worker's on the same port
+            name = params.model_name or f"{DEFAULT_MODEL_NAME}-{os.getpid()}-{port}"
             argv = launch_argv(params, path, port, n_ctx, name)
             where = stage_log_folder()
             log_path = (where[0] / f"{where[1]}.server.log") if where else Path(
@@ -752,14 +777,14 @@ class OpenAIServerRuntime(Runtime):
             server = ServerProcess(argv, log_path, env=params.env)
             base = f"http://127.0.0.1:{port}/v1"
             try:
-                self._wait_healthy(server, base, params)
+                self._wait_healthy(server, base, params, name if params.launch in ("llama-cpp", "vllm") else None)
             except BaseException:
                 server.stop()
                 raise
             api = params.api if params.api != "auto" else {"llama-cpp": "llama-cpp-python", "vllm": "vllm"}.get(
                 params.launch or "", "auto")
             info["server"] = {"url": base, "launch": params.launch or "command", "argv": argv, "pid": server.pid,
-                              "log": str(log_path)}
+                              "log": str(log_path), "model_name": name}
         try:
             return self._session(path, params, n_ctx, base, api, server, info)
         except BaseException:
@@ -767,7 +792,10 @@ class OpenAIServerRuntime(Runtime):
                 server.stop()
             raise
 
-    def _wait_healthy(self, server: ServerProcess, base: str, params: OpenAIServerParams) -> None:
+    def _wait_healthy(self, server: ServerProcess, base: str, params: OpenAIServerParams,
+                      name: str | None = None) -> None:
+        """Until the server answers ``/models`` (listing ``name``, when given: the one this launch
+        serves), or it exits, or ``health_timeout_s`` passes."""
         deadline = time.monotonic() + params.health_timeout_s
         what = params.launch or "command"
         while True:
@@ -776,7 +804,13 @@ class OpenAIServerRuntime(Runtime):
                 raise ServerError(f"openai-server: launch {what}: the server exited with code {code} before answering "
                                   f"{base}/models (log {server.log_path}: {server.log_tail()})")
             why = probe_url(base, timeout=2.0)
-            if why is None:
+            if why is None and name is not None:
+                try:
+                    listed = [str(m.get("id")) for m in _request(base + "/models", timeout=2.0).get("data") or []]
+                except (ServerError, AttributeError):
+                    listed = []
+                why = None if name in listed else f"{base}/models lists {listed}, not {name!r}: another server's port"
+            if why is None and server.exited() is None:
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f"openai-server: launch {what}: no answer from {base}/models within "
@@ -787,7 +821,7 @@ class OpenAIServerRuntime(Runtime):
                  server: ServerProcess | None, info: dict) -> OpenAIServerSession:
         models = _request(base + "/models", timeout=10.0).get("data") or []
         listed = [str(m.get("id")) for m in models]
-        name = params.model_name or (DEFAULT_MODEL_NAME if server is not None and params.launch else None) \
+        name = params.model_name or (info["server"].get("model_name") if server is not None and params.launch else None) \
             or (listed[0] if listed else DEFAULT_MODEL_NAME)
         root = base[: -len("/v1")] if base.endswith("/v1") else base
         if api == "auto":
