@@ -156,3 +156,47 @@ def test_a_started_gpu_server_reserves_its_gpu():
     assert gpus(launch="llama-cpp") == 0.0 and gpus(url="http://127.0.0.1:8000/v1") == 0.0
     assert gpus(launch="llama-cpp", gpus=1) == 1.0
     assert "gpus" not in rt.result_identity(OpenAIServerParams(launch="llama-cpp", gpus=1))
+
+
+def test_timed_decode_is_one_streamed_request_with_a_fresh_prefix(server):
+    """The speed probes' greedy_decode over HTTP: one streamed request of n + 1 tokens; prefill
+    is the time to the first token, decode the time from it to the last; each call rotates the
+    prompt so no server reuses an earlier call's cached prefix; a request that ends early
+    (EOS) is an error."""
+    import time as _time
+
+    seen = []
+
+    def texts_for(n):
+        return ["t"] * n, "length"
+
+    class H(_stream_handler(texts_for)):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            _time.sleep(0.3)  # "prefill"
+            for i in range(body["max_tokens"]):
+                if i:
+                    _time.sleep(0.02)
+                reason = "length" if i == body["max_tokens"] - 1 else None
+                self.wfile.write(f"data: {json.dumps({'choices': [{'text': 't', 'finish_reason': reason}]})}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+
+    port = server(H)
+    s = OpenAIServerSession(f"http://127.0.0.1:{port}/v1", "m", "vllm", OpenAIServerParams(url=f"http://127.0.0.1:{port}/v1"),
+                            512, None)
+    a = s.greedy_decode([5, 6, 7, 8], 10)
+    b = s.greedy_decode([5, 6, 7, 8], 10)
+    assert [x["max_tokens"] for x in seen] == [11, 11] and seen[0]["stream"] and seen[0]["min_tokens"] == 11
+    assert seen[0]["prompt"] != seen[1]["prompt"] and sorted(seen[0]["prompt"]) == [5, 6, 7, 8]
+    for t in (a, b):  # lower bounds the server's own sleeps set: 0.3 s before the first token, 10 x 20 ms after
+        assert t["prefill_seconds"] >= 0.3 and t["decode_seconds"] >= 0.2 and t["completion_tokens"] == 11
+    stop = server(_stream_handler(lambda n: (["t"] * 3, "stop")))
+    early = OpenAIServerSession(f"http://127.0.0.1:{stop}/v1", "m", "vllm",
+                                OpenAIServerParams(url=f"http://127.0.0.1:{stop}/v1"), 512, None)
+    with pytest.raises(ServerError, match="finish_reason 'stop'"):
+        early.greedy_decode([1, 2, 3], 10)

@@ -165,6 +165,39 @@ def _request(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
         raise ServerError(f"{req.get_method()} {url}: the answer is not JSON ({exc})") from None
 
 
+def _stream_arrivals(url: str, body: dict, timeout: float) -> tuple[list[float], str | None]:
+    """POST a streaming completion; the seconds from sending to each chunk that carries text,
+    and the last ``finish_reason``."""
+    from harness.loadgen import is_loopback
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    opener = _DIRECT if is_loopback(url) else urllib.request.build_opener()
+    arrivals: list[float] = []
+    finish = None
+    t0 = time.perf_counter()
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                now = time.perf_counter() - t0
+                for choice in json.loads(data).get("choices") or []:
+                    if choice.get("text"):
+                        arrivals.append(now)
+                    finish = choice.get("finish_reason") or finish
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:300].replace("\n", " ")
+        raise ServerError(f"POST {url}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
+        raise ServerError(f"POST {url}: {getattr(exc, 'reason', exc)}") from None
+    return arrivals, finish
+
+
 def probe_url(url: str, timeout: float = 5.0) -> str | None:
     """Why ``url`` (an OpenAI base URL) does not answer ``GET /models``, or None."""
     try:
@@ -484,6 +517,7 @@ class OpenAIServerSession(Session):
         self._chats: dict[tuple[int, ...], list[dict[str, str]]] = {}
         self._refusal: str | None = "no self-check has run"
         self.requests = 0
+        self._decode_calls = 0  # greedy_decode rotates each call's prompt by one more token
 
     # ---- what a session exposes
     def endpoint(self) -> str | None:
@@ -660,18 +694,28 @@ class OpenAIServerSession(Session):
         return text
 
     def greedy_decode(self, prompt: list[int], n_tokens: int) -> dict[str, float]:
-        """Timed over HTTP: prefill = a 1-token request, decode = an ``n_tokens`` request less it
-        (EOS ends the request early on servers without ``ignore_eos``)."""
-        body = {**self._greedy(), "prompt": self._prompt(prompt)}
+        """One streamed request of ``n_tokens + 1`` tokens, timed as the in-process runtimes time
+        theirs: prefill = until the first token arrives, decode = from it to the last (``n_tokens``
+        steps). Servers reuse the cached prefix of an earlier request (llama-cpp-python's longest
+        common prefix, vLLM's prefix cache), which made repeated prompts "prefill" hundreds of
+        times faster: each call rotates the prompt by one more token (same tokens and length, a
+        new first token). ``min_tokens`` / ``ignore_eos`` keep EOS from ending it early; a
+        request that still ends short is an error, not a faster figure."""
+        self._decode_calls += 1
+        k = self._decode_calls % max(1, len(prompt))
+        ids = [*prompt[k:], *prompt[:k]]
+        want = n_tokens + 1
+        body = {**self._greedy(), "prompt": self._prompt(ids), "max_tokens": want, "min_tokens": want,
+                "stream": True}
         if self.api == "vllm":
             body["ignore_eos"] = True
-        t0 = time.perf_counter()
-        self._post("/completions", {**body, "max_tokens": 1})
-        t1 = time.perf_counter()
-        out = self._post("/completions", {**body, "max_tokens": n_tokens})
-        t2 = time.perf_counter()
-        return {"prefill_seconds": t1 - t0, "decode_seconds": max(0.0, (t2 - t1) - (t1 - t0)),
-                "completion_tokens": (out.get("usage") or {}).get("completion_tokens")}
+        self.requests += 1
+        arrivals, finish = _stream_arrivals(f"{self.base_url}/completions", body, self.params.request_timeout_s)
+        if not arrivals or finish != "length":
+            raise ServerError(f"openai-server: a timed request of {want} tokens ended with finish_reason {finish!r} "
+                              f"after {len(arrivals)} chunks: the server does not honour min_tokens / ignore_eos")
+        return {"prefill_seconds": arrivals[0], "decode_seconds": arrivals[-1] - arrivals[0],
+                "completion_tokens": want, "chunks": len(arrivals)}
 
     def close(self) -> None:
         try:
