@@ -328,9 +328,12 @@ class Runner:
 
         try:
             found = plan_overlap(self.plan)
-        except Exception as exc:  # a measurement, not a stage: say so and go on
-            self.log(f"calibration overlap not measured: {type(exc).__name__}: {exc}")
-            return
+        except Exception as exc:  # a measurement, not a stage: say so and go on (a blocking rule
+            # then makes the calibrating candidates INCONCLUSIVE: overlap not shown to be absent)
+            why = f"not measured: {type(exc).__name__}: {exc}"
+            self.log(f"calibration overlap {why}")
+            found = {c.name: {s.id: {"checked": False, "why": why} for s in self.plan.suites}
+                     for c in self.plan.candidates if c.quantizer.calibration}
         for rec in results.candidates:
             if rec.name in found:
                 rec.calibration_overlap = found[rec.name]

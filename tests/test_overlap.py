@@ -95,12 +95,17 @@ def test_policy_rule_fails_blocks_or_passes():
                  "item_fraction": 1.0, "calibration_fraction": 0.97, "ngram": 13},
         "other": {"checked": False, "why": "items not readable without a model"}}
     policy = {"gates": [], "calibration_overlap": {"max_item_fraction": 0.0}}
-    [v] = evaluate_policy(GatePolicy.model_validate(policy), rec, None)
+    # blocking (the default): the unchecked suite is INCONCLUSIVE, the overlapping one FAILs
+    unchecked, v = evaluate_policy(GatePolicy.model_validate(policy), rec, None)
     assert v.verdict == FAIL and v.gate == "calibration-overlap" and "82 of 82 items" in v.reason
-    policy["calibration_overlap"]["blocks"] = False
-    assert evaluate_policy(GatePolicy.model_validate(policy), rec, None)[0].verdict == INCONCLUSIVE
+    assert unchecked.verdict == INCONCLUSIVE and "not checked (items not readable" in unchecked.reason
+    policy["calibration_overlap"]["blocks"] = False  # reported: what could not be checked adds nothing
+    assert [v.verdict for v in evaluate_policy(GatePolicy.model_validate(policy), rec, None)] == [INCONCLUSIVE]
     rec.calibration_overlap["code"].update(items_overlapping=0, item_fraction=0.0)
-    assert evaluate_policy(GatePolicy.model_validate(policy), rec, None)[0].verdict == PASS
+    assert [v.verdict for v in evaluate_policy(GatePolicy.model_validate(policy), rec, None)] == [PASS]
+    # blocking, nothing overlaps but one suite was not checked: not a PASS
+    policy["calibration_overlap"]["blocks"] = True
+    assert [v.verdict for v in evaluate_policy(GatePolicy.model_validate(policy), rec, None)] == [INCONCLUSIVE]
     # without the policy option: reported, never a verdict
     assert evaluate_policy(GatePolicy.model_validate({"gates": []}), rec, None) == []
 

@@ -383,15 +383,25 @@ def overlap_verdicts(rule: Any, overlap: dict[str, Any]) -> list[Verdict]:
     with the calibration text exceeds ``max_item_fraction``; one PASS otherwise."""
     limit = rule.max_item_fraction
     checked = {sid: o for sid, o in overlap.items() if o.get("checked")}
+    unchecked = {sid: o for sid, o in overlap.items() if not o.get("checked")}
+    out: list[Verdict] = []
+    if rule.blocks:  # a blocking rule does not pass what it could not check
+        out += [Verdict(gate="calibration-overlap", kind="calibration_overlap",
+                        metric=f"{sid}.calibration_item_overlap", value=None, verdict=INCONCLUSIVE,
+                        threshold=limit, details=dict(o),
+                        reason=f"calibration overlap with suite {sid} not checked ({o.get('why') or 'unknown'}): "
+                               "INCONCLUSIVE under a blocking calibration_overlap rule")
+                for sid, o in unchecked.items()]
     if not checked:
-        return []
+        return out
     over = {sid: o for sid, o in checked.items() if (o.get("item_fraction") or 0.0) > limit}
+    if not over and out:
+        return out
     if not over:
         worst = max((o.get("item_fraction") or 0.0 for o in checked.values()), default=0.0)
         return [Verdict(gate="calibration-overlap", kind="calibration_overlap", metric="calibration.item_overlap",
                         value=worst, verdict=PASS, threshold=limit,
                         reason=f"calibration shares no 13-gram with more than {limit:.3g} of any suite's items")]
-    out = []
     for sid, o in over.items():
         verdict = FAIL if rule.blocks else INCONCLUSIVE
         out.append(Verdict(
