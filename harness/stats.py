@@ -626,25 +626,32 @@ def wilson_bounds(successes: int, n: int, alpha: float = 0.05) -> tuple[float, f
     return (centre - half) / (1.0 + z2n), (centre + half) / (1.0 + z2n)
 
 
-def min_value_binary(cand: Any, floor: float, *, alpha: float = 0.05, label: str = "") -> Decision:
+#: fewest items an absolute floor on 0/1 scores decides on: below ~30 the one-sided Wilson bound
+#: is liberal (P(PASS) at a true accuracy equal to the floor: 0.078 at n=5, 0.069 at n=20, alpha 0.05)
+MIN_N_FLOOR = 30
+
+
+def min_value_binary(cand: Any, floor: float, *, alpha: float = 0.05, label: str = "",
+                     min_n: int = MIN_N_FLOOR) -> Decision:
     """Absolute floor on an accuracy from per-item 0/1 scores, one-sided Wilson bounds.
 
     PASS if the Wilson lower (1-alpha) bound is >= ``floor``, FAIL if the Wilson upper bound
-    is < ``floor``, else INCONCLUSIVE; ``needed_n`` solves the Wilson score test at the floor
-    (|p - floor| / sqrt(floor (1 - floor) / N) = z) for N.
+    is < ``floor``, else INCONCLUSIVE (always below ``min_n`` items); ``needed_n`` solves the
+    Wilson score test at the floor (|p - floor| / sqrt(floor (1 - floor) / N) = z) for N.
     """
     _check_alpha(alpha)
     x = _binary(_as_1d(cand, "cand"), "cand")
     n, k = int(x.size), int(x.sum())
     lower, upper = wilson_bounds(k, n, alpha)
     p = k / n
-    verdict = _verdict(lower, upper, floor, higher_is_worse=False)
+    verdict = _verdict(lower, upper, floor, higher_is_worse=False, decide=n >= min_n)
     needed = None
     if verdict == INCONCLUSIVE and 0.0 < floor < 1.0 and p != floor:
         needed = max(n + 1, math.ceil(z_value(alpha) ** 2 * floor * (1.0 - floor) / (p - floor) ** 2))
+    needed = _finish_needed(needed, verdict, n, min_n)
     name = label or "accuracy"
     text = (f"{name} {100 * p:.2f}% [{100 * lower:.2f}, {100 * upper:.2f}], n={n}: {verdict} "
-            f"(floor {100 * floor:g}%{_tail(verdict, needed, n, 0)})")
+            f"(floor {100 * floor:g}%{_tail(verdict, needed, n, min_n)})")
     return Decision(verdict, p, lower, upper, n, "Wilson score bound (one-sided)", None, floor,
                     alpha, needed, None, text, {"successes": k})
 

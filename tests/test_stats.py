@@ -305,9 +305,28 @@ def test_min_value_binary():
     assert d.verdict == INCONCLUSIVE and d.needed_n > 100
     k = math.ceil(d.needed_n / 100)
     assert min_value_binary(np.tile(x, k), 0.78).verdict == PASS
-    # 20/20 right clears a 0.8 floor (Wilson lower 20/(20+z^2) = 0.881) but not 0.9
-    assert min_value_binary(np.ones(20), 0.80).verdict == PASS
-    assert min_value_binary(np.ones(20), 0.90).verdict == INCONCLUSIVE
+    # 20/20 right clears a 0.8 floor (Wilson lower 20/(20+z^2) = 0.881) but not 0.9 -- when the
+    # item floor is lowered to 20; by default (30) 20 items decide nothing
+    assert min_value_binary(np.ones(20), 0.80, min_n=20).verdict == PASS
+    assert min_value_binary(np.ones(20), 0.90, min_n=20).verdict == INCONCLUSIVE
+    d = min_value_binary(np.ones(20), 0.80)
+    assert d.verdict == INCONCLUSIVE and "n < min_n=30" in d.text and d.needed_n == 30
+
+
+def test_min_value_binary_error_rate_at_the_floor():
+    """Exact P(PASS) when the true accuracy equals the floor (binomial sum over outcomes): at or
+    under alpha from the default item floor on, over it below (why the floor exists)."""
+    def pmf(k, n, p):
+        return math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+
+    def p_pass(n, floor, min_n):
+        return sum(pmf(k, n, floor) for k in range(n + 1)
+                   if min_value_binary(np.r_[np.ones(k), np.zeros(n - k)], floor, min_n=min_n).verdict == PASS)
+
+    assert p_pass(20, 0.8, min_n=1) > 0.06  # the liberal small-n case
+    assert p_pass(20, 0.8, min_n=30) == 0.0
+    for n in (30, 60, 120):
+        assert p_pass(n, 0.8, min_n=30) <= 0.05 + 0.01, n
 
 
 # ------------------------------------------------------------------ perplexity

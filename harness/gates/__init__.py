@@ -281,7 +281,7 @@ def evaluate_gate(gate: Gate, cand: Record, base: Record | None, alpha: float = 
         else:
             items = _single_items(cand, gate.metric)
             if items is not None:
-                decision = gate.decide_items(items, alpha)
+                decision = gate.decide_items(items, alpha, {"min_n": min_items} if min_items else None)
     except ValueError as exc:  # a threshold the statistic cannot test (e.g. a drop of 100%)
         return Verdict(**out, verdict=ERROR, reason=f"{gate.metric}: {exc}")
     if decision is not None:

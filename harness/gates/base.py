@@ -65,8 +65,9 @@ class Gate(BaseModel):
         None when this kind has no paired statistic for that kind of data."""
         return None
 
-    def decide_items(self, items, alpha: float):
-        """A Decision on the candidate's own per-item 0/1 scores (absolute floors), or None."""
+    def decide_items(self, items, alpha: float, floor: dict | None = None):
+        """A Decision on the candidate's own per-item 0/1 scores (absolute floors), or None;
+        ``floor``: {"min_n": the policy's min_items} when the policy sets one."""
         return None
 
     # ---- the report's figures

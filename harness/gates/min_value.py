@@ -23,10 +23,10 @@ class MinValue(Gate):
     def estimate(self, value: float, ref: float | None) -> tuple[float, str]:
         return value, f"{self.metric} {fmt(value)} (min {fmt(self.min)})"
 
-    def decide_items(self, items, alpha: float):
+    def decide_items(self, items, alpha: float, floor: dict | None = None):
         from harness import stats
 
-        return stats.min_value_binary(items, self.min, alpha=alpha, label=self.metric)
+        return stats.min_value_binary(items, self.min, alpha=alpha, label=self.metric, **(floor or {}))
 
     def to_metric_units(self, g: float, ref: float | None, paired: bool) -> float | None:
         return g
