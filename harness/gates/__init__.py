@@ -219,7 +219,7 @@ def _single_items(rec: Record, metric: str) -> np.ndarray | None:
     name, recs = found
     try:
         v = np.array([float(r["scores"][name]) for r in recs])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
     return v if np.isin(v, (0.0, 1.0)).all() else None
 
