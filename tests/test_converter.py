@@ -189,6 +189,7 @@ def hf_dir(qg_home) -> Path:
     return baseline.derive(EMBEDDED_MODEL, "hf", log=lambda m: None)
 
 
+@pytest.mark.slow  # derives the BF16 folder: ~50 s on 2 cores
 def test_derived_tokenizer_is_byte_level_bpe(hf_dir):
     """The derived folder's tokenizer: byte fallback off, a ByteLevel decoder; text with
     spaces, digits, punctuation and non-ASCII comes back unchanged from encode -> decode."""
