@@ -200,3 +200,27 @@ def test_timed_decode_is_one_streamed_request_with_a_fresh_prefix(server):
                                 OpenAIServerParams(url=f"http://127.0.0.1:{stop}/v1"), 512, None)
     with pytest.raises(ServerError, match="finish_reason 'stop'"):
         early.greedy_decode([1, 2, 3], 10)
+
+
+def test_the_probe_stage_loads_no_reference_model(server, qg_home, monkeypatch):
+    """The self-check loads the artifact in process as a reference: in the probe worker that model
+    would count in the served candidate's memory and load time, and nothing is scored there. A
+    runtime whose ``purpose`` is "probe" (as the probe worker sets it) skips it and says so."""
+    pytest.importorskip("llama_cpp")
+    from harness.data import fetch_asset
+    from harness.runtimes.openai_server import OpenAIServerRuntime
+
+    port = server(_Models)
+    gguf = fetch_asset("smollm2-135m", log=lambda m: None)
+    calls = []
+    monkeypatch.setattr(OpenAIServerRuntime, "_run_self_check", lambda self, *a: calls.append(a))
+    rt = OpenAIServerRuntime()
+    params = OpenAIServerParams(url=f"http://127.0.0.1:{port}/v1", api="openai")
+    rt.load(gguf, params, 256).close()
+    assert len(calls) == 1  # evaluate: checked
+    rt.purpose = "probe"
+    session = rt.load(gguf, params, 256)
+    try:
+        assert len(calls) == 1 and "probe stage" in session.info()["self_check"]["refusal"]
+    finally:
+        session.close()

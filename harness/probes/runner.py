@@ -62,6 +62,7 @@ def probe_worker(runtime_name: str, runtime_params: dict, artifact_path: str, pr
         n_ctx = max([64] + [p.context_length(params) for p, params in chosen])
         ctx.notes["n_ctx"] = n_ctx
         ctx.notes["rss_before_load_bytes"] = _rss_bytes()
+        runtime.purpose = "probe"  # nothing here scores: a runtime skips what only scoring needs
         t0 = time.perf_counter()
         ctx.session = runtime.load(Path(artifact_path), runtime.Params.model_validate(runtime_params), n_ctx)
         ctx.load_seconds = time.perf_counter() - t0

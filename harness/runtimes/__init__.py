@@ -132,6 +132,9 @@ class Runtime:
     kind_label: ClassVar[str] = "runtime"
     #: params that change speed but not scores: left out of the result cache key
     speed_only_params: ClassVar[tuple[str, ...]] = ()
+    #: what sessions are loaded for: "evaluate" (suites score them) or "probe" (speed and memory
+    #: only; the probe worker sets it on its instance): a runtime may skip what only scoring needs
+    purpose: str = "evaluate"
     #: bumped when a fix changes this runtime's scores for the same artifact, params and library
     #: versions: from 2 on it is part of the result cache key, so results of the old scoring are
     #: not reused

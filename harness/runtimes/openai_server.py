@@ -897,7 +897,10 @@ class OpenAIServerRuntime(Runtime):
                     probe = tok.render_chat([{"role": "user", "content": "{{content}}"}])
                     info["chat_template"].update(source="rendered by the server (/tokenize with messages)",
                                                  rendered_example=probe)
-            self._run_self_check(session, path, params)
+            if self.purpose == "probe":  # its in-process reference model would be in the probes' memory and load time
+                session.refuse("not checked in the probe stage (speed and memory only: nothing is scored there)")
+            else:
+                self._run_self_check(session, path, params)
         except BaseException:
             session.close()
             raise
