@@ -145,7 +145,10 @@ class ServerError(RuntimeError):
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _request(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
+@contextlib.contextmanager
+def _open(url: str, body: dict | None, timeout: float):
+    """The server's answer to GET (``body`` None) or POST ``body`` as JSON, loopback without a
+    proxy; any HTTP, connection or protocol failure, in or after opening, is a ServerError."""
     from harness.loadgen import is_loopback
 
     data = None if body is None else json.dumps(body).encode()
@@ -154,47 +157,40 @@ def _request(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
     opener = _DIRECT if is_loopback(url) else urllib.request.build_opener()
     try:
         with opener.open(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+            yield resp
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300].replace("\n", " ")
         raise ServerError(f"{req.get_method()} {url}: HTTP {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServerError(f"{req.get_method()} {url}: {reason}") from None
+        raise ServerError(f"{req.get_method()} {url}: {getattr(exc, 'reason', exc)}") from None
     except ValueError as exc:  # not JSON (or not UTF-8): not an OpenAI-compatible answer
         raise ServerError(f"{req.get_method()} {url}: the answer is not JSON ({exc})") from None
+
+
+def _request(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
+    with _open(url, body, timeout) as resp:
+        return json.loads(resp.read().decode("utf-8"))
 
 
 def _stream_arrivals(url: str, body: dict, timeout: float) -> tuple[list[float], str | None]:
     """POST a streaming completion; the seconds from sending to each chunk that carries text,
     and the last ``finish_reason``."""
-    from harness.loadgen import is_loopback
-
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    opener = _DIRECT if is_loopback(url) else urllib.request.build_opener()
     arrivals: list[float] = []
     finish = None
     t0 = time.perf_counter()
-    try:
-        with opener.open(req, timeout=timeout) as resp:
-            for raw in resp:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                now = time.perf_counter() - t0
-                for choice in json.loads(data).get("choices") or []:
-                    if choice.get("text"):
-                        arrivals.append(now)
-                    finish = choice.get("finish_reason") or finish
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:300].replace("\n", " ")
-        raise ServerError(f"POST {url}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
-        raise ServerError(f"POST {url}: {getattr(exc, 'reason', exc)}") from None
+    with _open(url, body, timeout) as resp:
+        for raw in resp:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            now = time.perf_counter() - t0
+            for choice in json.loads(data).get("choices") or []:
+                if choice.get("text"):
+                    arrivals.append(now)
+                finish = choice.get("finish_reason") or finish
     return arrivals, finish
 
 
@@ -847,13 +843,13 @@ class OpenAIServerRuntime(Runtime):
             if code is not None:
                 raise ServerError(f"openai-server: launch {what}: the server exited with code {code} before answering "
                                   f"{base}/models (log {server.log_path}: {server.log_tail()})")
-            why = probe_url(base, timeout=2.0)
-            if why is None and name is not None:
-                try:
-                    listed = [str(m.get("id")) for m in _request(base + "/models", timeout=2.0).get("data") or []]
-                except (ServerError, AttributeError):
-                    listed = []
-                why = None if name in listed else f"{base}/models lists {listed}, not {name!r}: another server's port"
+            try:  # one GET /models a poll: does it answer, and (``name``) is it this launch's server
+                answer = _request(base + "/models", timeout=2.0)
+                listed = [str(m.get("id")) for m in answer.get("data") or []] if isinstance(answer, dict) else []
+                why = None if name is None or name in listed else \
+                    f"{base}/models lists {listed}, not {name!r}: another server's port"
+            except ServerError as exc:
+                why = str(exc)
             if why is None and server.exited() is None:
                 return
             if time.monotonic() > deadline:
