@@ -49,11 +49,8 @@ class LocalExecutor(Executor):
     name = "local"
 
     def describe(self) -> dict:
-        with one_gpu() as visible:
-            where = pipeline.placement(executor=self.name)
-            if visible is not None:
-                where["cuda_visible_devices"] = visible
-        return {"name": self.name, "placement": where}
+        with one_gpu():  # placement() records CUDA_VISIBLE_DEVICES as the workers will see it
+            return {"name": self.name, "placement": pipeline.placement(executor=self.name)}
 
     def run_baseline(self, task: pipeline.BaselineTask, progress: Progress) -> pipeline.BaselineOutcome:
         with one_gpu():
